@@ -1,0 +1,5 @@
+import sys
+
+from volcam.cli import main
+
+sys.exit(main())

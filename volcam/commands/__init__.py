@@ -1,0 +1,1 @@
+"""Sub-commands of the ``volcam`` command line (one module each)."""
