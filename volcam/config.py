@@ -258,8 +258,11 @@ def load_checkpoint(model, path, *, key: str | None = None, strict: bool = True)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, objects refused by weights_only
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(err).__name__)
+        detail = detail.replace("WeightsUnpickler error: ", "").split(" was not an allowed global")[0]
         raise ConfigError(
-            f"checkpoint must be a file torch.load(weights_only=True) can read, not '{path}' ({err}); "
+            f"checkpoint must be a file torch.load(weights_only=True) can read, not '{path}' ({detail}); "
             "save the model's state_dict() rather than the model object",
             key="checkpoint",
         ) from err
