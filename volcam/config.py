@@ -516,8 +516,9 @@ class RunConfig:
             ]
         return Compose(items)
 
-    def build_cam(self, model):
-        """The CAM method of the ``cam`` section, bound to ``model``."""
+    def build_cam(self, model, **options):
+        """The CAM method of the ``cam`` section, bound to ``model``; ``options`` (e.g.
+        ``normalize=False``) are passed to the method on top of ``cam.method_args``."""
         import volcam
 
         cam = self.settings["cam"]
@@ -526,7 +527,7 @@ class RunConfig:
         except Exception as err:
             raise ConfigError(f"cam.method: {err}", key="cam.method") from err
         reshape = self.parsed("cam.reshape") if cam["reshape"] is not None else None
-        kwargs = dict(cam["method_args"] or {})
+        kwargs = {**(cam["method_args"] or {}), **options}
         try:
             return cls(
                 model,
