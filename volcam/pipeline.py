@@ -217,6 +217,16 @@ def _world(affine, index) -> list[float]:
     return (torch.as_tensor(affine, dtype=torch.float64) @ vec)[:3].tolist()
 
 
+def label_region(label: torch.Tensor, c: int) -> torch.Tensor:
+    """The voxels of class ``c`` in a label ``[C, *S]``: ``label[0] == c`` for a label map,
+    ``label[c] > 0`` for a multi-channel (one channel per class) label."""
+    if label.shape[0] > 1:
+        if c >= label.shape[0]:
+            raise TargetError(f"a label with {label.shape[0]} channels has no channel for class {c}")
+        return label[c] > 0
+    return label[0] == c
+
+
 def _fraction(heat: torch.Tensor, region: torch.Tensor) -> float:
     total = float(heat.sum())
     return float((heat * region).sum()) / total if total > 0 else float("nan")
@@ -239,6 +249,7 @@ class Runner:
         self.classes = list(config["targets.classes"])
         self.names = config.class_names
         self.mask = config["targets.mask"]
+        self.activation = config["targets.activation"]
         self.outputs = config["outputs"]
         self.sliding = config["sliding_window"]
         self.pre = config.build_preprocessing()
@@ -277,11 +288,12 @@ class Runner:
     def _targets(self, c: int, label) -> Any:
         import volcam
 
+        act = self.activation
         if self.mask == "whole":
-            return volcam.SegmentationTarget(c, mask="all")
+            return volcam.SegmentationTarget(c, mask="all", activation=act)
         if self.mask == "label":
-            return volcam.SegmentationTarget(c, mask=(label == c)[None].float())
-        return volcam.SegmentationTarget(c)
+            return volcam.SegmentationTarget(c, mask=label_region(label, c)[None].float(), activation=act)
+        return volcam.SegmentationTarget(c, activation=act)
 
     def explain(self, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
         """``(heat [1, 1, *S], output [1, classes, *S])`` for one input, whole or by windows."""
@@ -306,7 +318,7 @@ class Runner:
 
         image = data["image"]
         x = image.as_tensor()[None].float().to(self.device)
-        label = data["label"].as_tensor()[0].to(self.device) if "label" in data else None
+        label = data["label"].as_tensor().to(self.device) if "label" in data else None
         source = data["source"]
         voxel_ml = abs(float(torch.linalg.det(torch.as_tensor(image.affine, dtype=torch.float64)[:3, :3]))) / 1000.0
 
@@ -322,7 +334,10 @@ class Runner:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", RuntimeWarning)
                     heat, output = self.explain(x, self._targets(c, label))
-                pred = output[0].argmax(0) == c if output.shape[1] > 1 else output[0, 0] > 0
+                if output.shape[1] == 1 or self.activation == "sigmoid":
+                    pred = output[0, c] > 0
+                else:
+                    pred = output[0].argmax(0) == c
                 h = heat[0, 0]
                 note = "; ".join(sorted({str(w.message).split(";")[0] for w in caught if "empty" in str(w.message)}))
                 row = {
@@ -331,7 +346,7 @@ class Runner:
                     "predicted_voxels": int(pred.sum()),
                     "predicted_volume_ml": round(int(pred.sum()) * voxel_ml, 4),
                     "energy_in_prediction": _fraction(h, pred),
-                    "energy_in_label": _fraction(h, label == c) if label is not None else "",
+                    "energy_in_label": _fraction(h, label_region(label, c)) if label is not None else "",
                 }
                 # back to the scan's own grid
                 heat_src = vio.invert_to_source(heat[0].detach().cpu(), data, self.pre, key="image")

@@ -13,7 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="spatial size of the dummy input (default: input_size, else "
                              "sliding_window.roi_size, else 64 per axis)")
     parser.add_argument("--depth", type=int, default=None,
-                        help="only list modules up to this many dots deep in their name")
+                        help="only list modules whose dotted name has at most this many parts")
 
 
 def example_input(config, size=None):
