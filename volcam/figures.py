@@ -180,8 +180,8 @@ class _Case:
                  outline_color, convention):
         img = _spatial_numpy(image, None, what="image", where="")
         shape = img.shape
-        hm = _spatial_numpy(heat, shape, what="heat", where=f"the image {shape}")
-        mk = None if mask is None else _spatial_numpy(mask, shape, what="mask", where=f"the image {shape}")
+        hm = _spatial_numpy(heat, shape, what="heat", where="the image")
+        mk = None if mask is None else _spatial_numpy(mask, shape, what="mask", where="the image")
         if affine is None:
             for x in (image, heat, mask):
                 if _is_meta_tensor(x):
@@ -219,7 +219,8 @@ class _Case:
         self.blend = _check_choice(blend, ("scaled", "constant"), "blend")
         self.cmap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
         self.lut = self.cmap(np.linspace(0.0, 1.0, self.cmap.N))[:, :3].astype(np.float32)
-        self.outline_rgb = np.asarray(mcolors.to_rgb(outline_color), dtype=np.float32)
+        self.outline_rgb = np.rint(np.asarray(mcolors.to_rgb(outline_color)) * 255.0).astype(np.uint8)
+        self._tables: dict = {}
         self.convention = _check_choice(convention, _CONVENTIONS, "convention")
 
     # geometry -------------------------------------------------------------------------
@@ -274,36 +275,60 @@ class _Case:
         return f"{_AXIS_NAMES[a]} {k}  ({_WORLD[a]} = {self.slice_world(a, k):+.1f} mm)"
 
     # rendering ------------------------------------------------------------------------
+    def blend_table(self, alpha: float) -> np.ndarray:
+        """uint8 [(N + 1) * 256, 3]: the blended colour of every (heat colour index, grey
+        level) pair; row N (no heat drawn) is the plain grey. Built once per alpha."""
+        key = float(alpha)
+        table = self._tables.get(key)
+        if table is None:
+            n = len(self.lut)
+            grey = np.linspace(0.0, 1.0, 256, dtype=np.float64)[None, :, None]
+            if self.blend == "scaled":  # opacity grows with the heat: alpha at the top of heat_range
+                weight = key * np.arange(n, dtype=np.float64) / max(n - 1, 1)
+            else:
+                weight = np.full(n, key)
+            weight = np.r_[weight, 0.0][:, None, None]
+            colour = np.r_[self.lut.astype(np.float64), np.zeros((1, 3))][:, None, :]
+            table = grey * (1.0 - weight) + colour * weight
+            table = np.rint(table * 255.0).astype(np.uint8).reshape(-1, 3)
+            self._tables[key] = table
+        return table
+
     def rgb(self, a: int, k: int, alpha: Optional[float] = None) -> np.ndarray:
-        """uint8 [H, W, 3] overlay of slice k across world axis a."""
+        """uint8 [H, W, 3] overlay of slice k across world axis a.
+
+        The grey level (256 steps of the window) and the heat colour index (the
+        colormap's N entries, or "not drawn") are computed per pixel; one gather from
+        :meth:`blend_table` then gives the blended RGB: no per-pixel colormap calls.
+        """
         from scipy import ndimage
 
         alpha = self.alpha if alpha is None else float(alpha)
+        n = len(self.lut)
         lo, hi = self.window
         grey = self.plane(self.image, a, k).astype(np.float32)
-        grey = (grey - lo) * np.float32(1.0 / (hi - lo))
-        np.clip(grey, 0.0, 1.0, out=grey)
+        grey -= np.float32(lo)
+        grey *= np.float32(255.0 / (hi - lo))
+        np.clip(grey, 0.0, 255.0, out=grey)
         grey[np.isnan(grey)] = 0.0
+        grey += 0.5
+        code = grey.astype(np.intp)
 
         h = self.plane(self.heat, a, k).astype(np.float32)
         h_lo, h_hi = self.heat_range
-        scaled = (h - h_lo) * np.float32((len(self.lut) - 1) / (h_hi - h_lo))
-        np.clip(scaled, 0.0, len(self.lut) - 1, out=scaled)
-        scaled[np.isnan(scaled)] = 0.0
-        colour = self.lut[(scaled + 0.5).astype(np.intp)]  # colormap lookup, one indexing op
-        if self.blend == "scaled":  # opacity grows with the heat: alpha at the top of heat_range
-            weight = scaled * np.float32(alpha / (len(self.lut) - 1))
-        else:
-            weight = np.full(h.shape, np.float32(alpha))
-        weight[~(h > self.threshold)] = 0.0
-        weight = weight[..., None]
-        out = grey[..., None] * (1.0 - weight) + colour * weight
+        scaled = (h - np.float32(h_lo)) * np.float32((n - 1) / (h_hi - h_lo))
+        np.clip(scaled, 0.0, n - 1, out=scaled)
+        scaled += 0.5
+        colour_index = scaled.astype(np.intp)
+        colour_index[~(h > self.threshold)] = n  # includes NaN heat: not drawn
+        code += colour_index * 256
+        out = np.take(self.blend_table(alpha), code, axis=0)  # [H, W, 3] uint8
         if self.mask is not None:
             m = self.plane(self.mask, a, k) > 0
             if m.any():
                 edge = m & ~ndimage.binary_erosion(m, border_value=0)
                 out[edge] = self.outline_rgb
-        return (out * 255.0 + 0.5).astype(np.uint8)
+        return out
 
     def hottest_voxel(self) -> tuple[int, int, int]:
         h = np.nan_to_num(self.heat, nan=-np.inf)
