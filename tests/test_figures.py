@@ -267,6 +267,13 @@ def test_mosaic_even_and_hottest():
     assert len(panel_titles(fig)) == 2 and len(fig.axes) == 2
 
 
+def test_even_slices_span_the_body_not_the_air_around_it():
+    image = np.zeros((8, 8, 20), dtype=np.float32)
+    image[2:6, 2:6, 5:15] = 100.0  # the "body" fills slices 5..14
+    fig = figures.mosaic(image, np.zeros_like(image), affine=np.eye(4), n=4, window=(0, 255))
+    assert [int(t.split()[1]) for t in panel_titles(fig)] == [7, 9, 10, 12]  # linspace(5, 14, 6)[1:-1]
+
+
 def test_mosaic_panels_show_the_overlay(volume):
     image, heat = volume
     fig = figures.mosaic(image, heat, affine=LAS, select=[3], window=(0, 255), alpha=1.0)

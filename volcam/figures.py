@@ -216,7 +216,7 @@ class _Case:
             raise ConfigError(f"`alpha` must lie in [0, 1], not {alpha}", key="alpha")
         self.alpha = alpha
         self.threshold = float(threshold)
-        self.blend = _check_choice(blend, ("scaled", "constant"), "blend")
+        self.blend_mode = _check_choice(blend, ("scaled", "constant"), "blend")
         self.cmap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
         self.lut = self.cmap(np.linspace(0.0, 1.0, self.cmap.N))[:, :3].astype(np.float32)
         self.outline_rgb = np.rint(np.asarray(mcolors.to_rgb(outline_color)) * 255.0).astype(np.uint8)
@@ -236,11 +236,22 @@ class _Case:
 
     def plane(self, vol: np.ndarray, a: int, k: int) -> np.ndarray:
         """2D display array of slice k across world axis a (see the module doc)."""
-        s = vol[:, :, k] if a == 2 else vol[:, k, :] if a == 1 else vol[k, :, :]
+        return self.section(np.moveaxis(vol, a, 0)[k], a)
+
+    def section(self, s: np.ndarray, a: int) -> np.ndarray:
+        """A slice across world axis a (the other two canonical axes, in order) -> display."""
         d = s.T[::-1]
         if a == 0 or self.convention == "radiological":
             d = d[:, ::-1]
         return d
+
+    def slab(self, vol: Optional[np.ndarray], a: int, k0: int, k1: int) -> Optional[np.ndarray]:
+        """Slices k0..k1-1 across axis a as one contiguous copy, slice-major. Copying a few
+        neighbouring slices at once reads memory in whole cache lines, where one slice of
+        a (X, Y, Z) array across Z would touch a cache line per voxel."""
+        if vol is None:
+            return None
+        return np.ascontiguousarray(np.moveaxis(vol, a, 0)[k0:k1])
 
     def in_plane_axes(self, a: int) -> tuple[int, int]:
         """(row axis, column axis) of the display, as canonical world axes."""
@@ -283,7 +294,7 @@ class _Case:
         if table is None:
             n = len(self.lut)
             grey = np.linspace(0.0, 1.0, 256, dtype=np.float64)[None, :, None]
-            if self.blend == "scaled":  # opacity grows with the heat: alpha at the top of heat_range
+            if self.blend_mode == "scaled":  # opacity grows with the heat: alpha at the top of heat_range
                 weight = key * np.arange(n, dtype=np.float64) / max(n - 1, 1)
             else:
                 weight = np.full(n, key)
@@ -295,7 +306,13 @@ class _Case:
         return table
 
     def rgb(self, a: int, k: int, alpha: Optional[float] = None) -> np.ndarray:
-        """uint8 [H, W, 3] overlay of slice k across world axis a.
+        """uint8 [H, W, 3] overlay of slice k across world axis a."""
+        mask = None if self.mask is None else self.plane(self.mask, a, k)
+        return self.blend(self.plane(self.image, a, k), self.plane(self.heat, a, k), mask, alpha)
+
+    def blend(self, image2d: np.ndarray, heat2d: np.ndarray, mask2d: Optional[np.ndarray],
+              alpha: Optional[float] = None) -> np.ndarray:
+        """uint8 [H, W, 3] overlay of display-oriented 2D slices.
 
         The grey level (256 steps of the window) and the heat colour index (the
         colormap's N entries, or "not drawn") are computed per pixel; one gather from
@@ -306,7 +323,7 @@ class _Case:
         alpha = self.alpha if alpha is None else float(alpha)
         n = len(self.lut)
         lo, hi = self.window
-        grey = self.plane(self.image, a, k).astype(np.float32)
+        grey = image2d.astype(np.float32)
         grey -= np.float32(lo)
         grey *= np.float32(255.0 / (hi - lo))
         np.clip(grey, 0.0, 255.0, out=grey)
@@ -314,7 +331,7 @@ class _Case:
         grey += 0.5
         code = grey.astype(np.intp)
 
-        h = self.plane(self.heat, a, k).astype(np.float32)
+        h = heat2d.astype(np.float32)
         h_lo, h_hi = self.heat_range
         scaled = (h - np.float32(h_lo)) * np.float32((n - 1) / (h_hi - h_lo))
         np.clip(scaled, 0.0, n - 1, out=scaled)
@@ -323,8 +340,8 @@ class _Case:
         colour_index[~(h > self.threshold)] = n  # includes NaN heat: not drawn
         code += colour_index * 256
         out = np.take(self.blend_table(alpha), code, axis=0)  # [H, W, 3] uint8
-        if self.mask is not None:
-            m = self.plane(self.mask, a, k) > 0
+        if mask2d is not None:
+            m = mask2d > 0
             if m.any():
                 edge = m & ~ndimage.binary_erosion(m, border_value=0)
                 out[edge] = self.outline_rgb
@@ -351,7 +368,21 @@ class _Case:
         if select == "hottest":
             order = np.argsort(-self.slice_scores(a), kind="stable")[:n]
             return sorted(int(k) for k in order)
-        return [int(round(v)) for v in np.linspace(0, size - 1, n + 2)[1:-1]]
+        first, last = self.content_range(a)
+        if n >= last - first + 1:
+            return list(range(first, last + 1))
+        return [int(round(v)) for v in np.linspace(first, last, n + 2)[1:-1]]
+
+    def content_range(self, a: int) -> tuple[int, int]:
+        """First and last slice where the image rises above the bottom of the window
+        (the body, not the air around it); all slices if there is none."""
+        axes = tuple(i for i in range(3) if i != a)
+        with np.errstate(invalid="ignore"):
+            above = np.any(self.image > self.window[0], axis=axes)
+        hits = np.flatnonzero(above)
+        if hits.size == 0:
+            return 0, self.shape[a] - 1
+        return int(hits[0]), int(hits[-1])
 
 
 def _make_case(image, heat, mask, affine, **display) -> _Case:
@@ -472,14 +503,29 @@ def save_slice_pngs(
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
 
-    def job(item):
-        k, path = item
-        return _write_png(path, case.rgb(a, k), int(compress_level))
+    # jobs of up to 16 neighbouring slices: each copies its slab once (see _Case.slab)
+    jobs, run = [], []
+    for k, path in zip(indices, paths):
+        if run and (k != run[-1][0] + 1 or len(run) == 16):
+            jobs.append(run)
+            run = []
+        run.append((k, path))
+    if run:
+        jobs.append(run)
 
-    if workers <= 1 or len(paths) <= 1:
-        return [job(item) for item in zip(indices, paths)]
+    def job(items):
+        k0, k1 = items[0][0], items[-1][0] + 1
+        img, hm, mk = (case.slab(v, a, k0, k1) for v in (case.image, case.heat, case.mask))
+        written = []
+        for k, path in items:
+            sec = [None if v is None else case.section(v[k - k0], a) for v in (img, hm, mk)]
+            written.append(_write_png(path, case.blend(*sec), int(compress_level)))
+        return written
+
+    if workers <= 1 or len(jobs) <= 1:
+        return [p for items in jobs for p in job(items)]
     with ThreadPoolExecutor(max_workers=int(workers)) as pool:
-        return list(pool.map(job, zip(indices, paths)))
+        return [p for written in pool.map(job, jobs) for p in written]
 
 
 # --------------------------------------------------------------------------- figures
@@ -572,7 +618,9 @@ def mosaic(
             outline_color, convention: as in :func:`overlay_slice`.
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         n: number of slices.
-        select: ``"even"`` (evenly spaced, ends excluded), ``"hottest"`` (the ``n``
+        select: ``"even"`` (evenly spaced, ends excluded, over the slices where the
+            image rises above the bottom of the window, i.e. not the air around the
+            body), ``"hottest"`` (the ``n``
             slices with the largest summed heat, shown in anatomical order) or an
             explicit list of slice indices.
         ncols: columns of the grid (default about square).
