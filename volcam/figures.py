@@ -451,7 +451,7 @@ def save_slice_pngs(
     out_dir: Union[str, "os.PathLike[str]"],
     *,
     affine: Any = None,
-    axis: Optional[str] = "axial",
+    axis: Optional[str] = None,
     slices: Optional[Sequence[int]] = None,
     window: WindowLike = None,
     cmap: Any = "jet",
@@ -592,7 +592,7 @@ def mosaic(
     heat: Any,
     *,
     affine: Any = None,
-    axis: Optional[str] = "axial",
+    axis: Optional[str] = None,
     n: int = 9,
     select: Union[str, Sequence[int]] = "even",
     ncols: Optional[int] = None,
@@ -616,7 +616,8 @@ def mosaic(
     Args:
         image, heat, affine, window, cmap, alpha, threshold, blend, heat_range, mask,
             outline_color, convention: as in :func:`overlay_slice`.
-        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"`` (None: axial for 3D, the
+            image's own plane for 2D).
         n: number of slices.
         select: ``"even"`` (evenly spaced, ends excluded, over the slices where the
             image rises above the bottom of the window, i.e. not the air around the
@@ -715,7 +716,8 @@ def orthogonal_views(
 
     Returns:
         The ``Figure``; its title gives the point in world mm and source voxel indices.
-        The three axes are ``fig.axes[:3]`` (axial, coronal, sagittal).
+        The three axes are ``fig.axes[:3]`` (axial, coronal, sagittal); a 2D image gets
+        one panel, its own plane.
     """
     case = _make_case(image, heat, mask, affine, window=window, cmap=cmap, alpha=alpha, threshold=threshold,
                       blend=blend, heat_range=heat_range, outline_color=outline_color, convention=convention)
@@ -724,13 +726,13 @@ def orthogonal_views(
     src_voxel = np.linalg.solve(case.source_affine[:3, :3], world - case.source_affine[:3, 3])
     src_voxel = tuple(int(v) for v in np.rint(src_voxel)[: 2 if case.is_2d else 3])
 
-    views = [2, 1, 0]
+    views = [AXES[case.default_axis]] if case.is_2d else [2, 1, 0]  # 2D: its own plane only
     widths = [case.shape[case.in_plane_axes(a)[1]] * case.zooms[case.in_plane_axes(a)[1]] for a in views]
     heights = [case.shape[case.in_plane_axes(a)[0]] * case.zooms[case.in_plane_axes(a)[0]] for a in views]
     scale = panel_size / max(heights)
     figsize = (sum(widths) * scale + (1.0 if colorbar else 0.3), panel_size + 0.8)
     fig = _new_figure(fig, figsize)
-    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": widths})
+    axes = fig.subplots(1, len(views), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
     for ax, a in zip(axes, views):
         _show(ax, case, a, voxel[a], interpolation)
         ax.set_title(case.label(a, voxel[a]), color="white", fontsize=8, pad=3)
@@ -779,8 +781,12 @@ class SliceBrowser:
             cax=cax, label="CAM"))
         s_ax = self.fig.add_axes([0.15, 0.09, 0.65, 0.04], facecolor="0.2")
         a_ax = self.fig.add_axes([0.15, 0.03, 0.65, 0.04], facecolor="0.2")
-        self.slider = Slider(s_ax, "slice", 0, case.shape[a] - 1, valinit=start, valstep=1, valfmt="%d",
+        n = case.shape[a]
+        self.slider = Slider(s_ax, "slice", 0, max(n - 1, 1), valinit=start, valstep=1, valfmt="%d",
                              color="0.6")
+        if n == 1:  # a 2D image: nothing to browse, only the opacity
+            self.slider.set_active(False)
+            s_ax.set_visible(False)
         self.alpha_slider = Slider(a_ax, "opacity", 0.0, 1.0, valinit=case.alpha, color="0.6")
         for s in (self.slider, self.alpha_slider):
             s.label.set_color("white")
@@ -792,7 +798,7 @@ class SliceBrowser:
     @property
     def index(self) -> int:
         """The slice shown now."""
-        return int(self.slider.val)
+        return min(int(self.slider.val), self._case.shape[self._a] - 1)
 
     def set_slice(self, index: int) -> None:
         """Show slice ``index`` (moves the slider)."""
@@ -816,7 +822,7 @@ def browse(
     heat: Any,
     *,
     affine: Any = None,
-    axis: Optional[str] = "axial",
+    axis: Optional[str] = None,
     start: Optional[int] = None,
     window: WindowLike = None,
     cmap: Any = "jet",
