@@ -232,6 +232,8 @@ def test_bad_options(volume, tmp_path):
         figures.mosaic(image, heat, affine=LAS, convention="left")
     with pytest.raises(ConfigError, match=r"`window` must be \(low, high\) with low < high"):
         figures.mosaic(image, heat, affine=LAS, window=(5, 5))
+    with pytest.raises(ConfigError, match="`cmap` must be a matplotlib colormap .*not 'jett'"):
+        figures.mosaic(image, heat, affine=LAS, cmap="jett")
     with pytest.raises(ConfigError, match="`affine` is needed"):
         figures.mosaic(image, heat)
     with pytest.raises(ValueRangeError, match=r"axial slice index must lie in \[0, 4\], not 7"):

@@ -5,9 +5,10 @@ Every view is drawn from the same recipe: the image slice windowed to grey
 ``heat_range``, default [0, 1]) and blended over it wherever the heat exceeds
 ``threshold`` (elsewhere the plain grey image shows), with an opacity that grows with
 the heat up to ``alpha`` (``blend="scaled"``) or is ``alpha`` throughout
-(``blend="constant"``), optionally with the outline of a mask drawn on top. The window is computed once from the whole volume
-(:func:`window_for`), never per slice, so all slices and all figures of one case share
-their grey levels and colours.
+(``blend="constant"``), optionally with the outline of a mask drawn on top. The window
+is computed once from the whole volume (:func:`window_for`), never per slice, so all
+slices and all figures of one case share their grey levels and colours (pass the same
+``window``, ``cmap`` and ``heat_range`` to every call for one case).
 
 Orientation. Axes are named anatomically from the affine (nibabel's ``io_orientation``),
 not by array index: ``"axial"`` slices are perpendicular to the inferior-superior axis,
@@ -54,7 +55,7 @@ import matplotlib.figure
 import nibabel as nib
 import numpy as np
 
-from volcam.errors import ConfigError, ShapeError, ValueRangeError
+from volcam.errors import ConfigError, ValueRangeError
 from volcam.io import _affine_numpy, _is_meta_tensor, _spatial_numpy, _to_numpy, atomic_write
 
 __all__ = [
@@ -160,6 +161,16 @@ def _resolve_range(heat_range: Sequence[float]) -> tuple[float, float]:
     return (lo, hi)
 
 
+def _colormap(cmap: Any):
+    if isinstance(cmap, mcolors.Colormap):
+        return cmap
+    try:
+        return matplotlib.colormaps[cmap]
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"`cmap` must be a matplotlib colormap or its name (e.g. 'jet', 'hot', 'inferno'), "
+                          f"not {cmap!r}", key="cmap") from err
+
+
 def slice_axis(affine: Any, axis: str) -> int:
     """The array axis that an anatomical axis name cuts across, for an image with ``affine``.
 
@@ -217,7 +228,7 @@ class _Case:
         self.alpha = alpha
         self.threshold = float(threshold)
         self.blend_mode = _check_choice(blend, ("scaled", "constant"), "blend")
-        self.cmap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+        self.cmap = _colormap(cmap)
         self.lut = self.cmap(np.linspace(0.0, 1.0, self.cmap.N))[:, :3].astype(np.float32)
         self.outline_rgb = np.rint(np.asarray(mcolors.to_rgb(outline_color)) * 255.0).astype(np.uint8)
         self._tables: dict = {}
@@ -561,8 +572,7 @@ def add_colorbar(fig, axes, *, cmap: Any = "jet", heat_range: Sequence[float] = 
     from matplotlib.cm import ScalarMappable
 
     lo, hi = _resolve_range(heat_range)
-    mappable = ScalarMappable(norm=mcolors.Normalize(lo, hi),
-                              cmap=matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap)
+    mappable = ScalarMappable(norm=mcolors.Normalize(lo, hi), cmap=_colormap(cmap))
     kwargs.setdefault("fraction", 0.04)
     kwargs.setdefault("pad", 0.02)
     bar = fig.colorbar(mappable, ax=axes, **kwargs)
