@@ -181,8 +181,8 @@ def _prepared(config, entries, base: Path):
     images, labels = [], []
     for e in entries:
         d = pre({"image": str(base / e["image"]), "label": str(base / e["label"])})
-        images.append(torch.as_tensor(d["image"]).float())
-        labels.append(torch.as_tensor(d["label"]).long())
+        images.append(d["image"].as_tensor().float())  # plain tensors: MetaTensor ops are slow
+        labels.append(d["label"].as_tensor().long())
     return torch.stack(images), torch.stack(labels)
 
 
@@ -245,8 +245,12 @@ def held_out_dice(model, config, dataset_json, section: str = "test") -> dict[in
 
 
 def run_demo(out_dir="demo-output", *, steps: int = 300, max_seconds: float | None = 90.0, n_train: int = 16,
-             n_test: int = 4, seed: int = 0, quiet: bool = False, device: str = "cpu") -> dict:
+             n_test: int = 4, seed: int = 0, quiet: bool = False, device: str = "cpu",
+             shape=DEMO_SHAPE) -> dict:
     """Make the dataset, train, save the checkpoint and config, and run the config on the test cases.
+
+    ``steps``/``max_seconds`` bound the training (the defaults take about a minute on two
+    CPU cores); ``shape`` is the voxel grid of the synthetic scans.
 
     Returns a dictionary with the paths (``dataset_json``, ``checkpoint``, ``config``,
     ``outputs``, ``summary``), the held-out ``dice`` per class, the training ``seconds`` and
@@ -262,7 +266,7 @@ def run_demo(out_dir="demo-output", *, steps: int = 300, max_seconds: float | No
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"volcam demo: writing a synthetic dataset to {out_dir / 'data'}")
-    dataset_json = make_dataset(out_dir / "data", n_train=n_train, n_test=n_test, seed=seed)
+    dataset_json = make_dataset(out_dir / "data", n_train=n_train, n_test=n_test, seed=seed, shape=shape)
     cfg_dict = demo_config(out_dir.as_posix())
     cfg_dict["device"] = device
     config_path = out_dir / "demo.yaml"
