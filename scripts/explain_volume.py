@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", required=True, help="state dict of the demo network")
     parser.add_argument("--layer", default="model.1.submodule.2", help="target layer (see `volcam layers`)")
     parser.add_argument("--category", type=int, default=1, help="output channel to explain")
-    parser.add_argument("--method", default="gradcam", choices=sorted(volcam.METHODS))
+    parser.add_argument("--method", default="hirescam", choices=sorted(volcam.METHODS))
     parser.add_argument("--roi", type=int, nargs=3, default=None, help="sliding-window size (default: whole volume)")
     parser.add_argument("--out", default="explained", help="output folder")
     args = parser.parse_args(argv)

@@ -158,7 +158,7 @@ def demo_config(root="demo-output") -> dict:
         },
         "checkpoint": f"{root}/model.pt",
         "device": "auto",
-        "cam": {"method": "gradcam", "target_layers": "model.1.submodule.2"},
+        "cam": {"method": "hirescam", "target_layers": "model.1.submodule.2"},
         "targets": {"classes": [1, 2], "names": {1: "bright", 2: "dark"}, "mask": "prediction"},
         "preprocessing": [
             {"_target_": "Orientationd", "keys": list(keys), "axcodes": "RAS", "labels": None},
@@ -290,6 +290,9 @@ def run_demo(out_dir="demo-output", *, steps: int = 300, max_seconds: float | No
     dice = held_out_dice(model, config, dataset_json)
     log(f"volcam demo: trained {done} steps in {seconds:.0f} s; held-out Dice "
         + ", ".join(f"{CLASS_NAMES.get(c, c)} {d:.2f}" for c, d in dice.items()))
+    if min(dice.values()) < 0.7:
+        log(f"             (a short training: {done} steps; `volcam demo --steps 400 --max-seconds 300` "
+            "trains longer on a busy machine)")
 
     log(f"volcam demo: explaining the {n_test} held-out cases with {config_path}")
     status = pipeline.run(config, quiet=quiet, overwrite=True)

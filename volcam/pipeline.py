@@ -339,7 +339,11 @@ class Runner:
                 else:
                     pred = output[0].argmax(0) == c
                 h = heat[0, 0]
-                note = "; ".join(sorted({str(w.message).split(";")[0] for w in caught if "empty" in str(w.message)}))
+                notes = sorted({str(w.message).split(";")[0] for w in caught if "empty" in str(w.message)})
+                if not notes and not bool(h.max() > 0):
+                    notes.append("the map is zero everywhere: no positive evidence at this layer "
+                                 "(try another layer or method)")
+                note = "; ".join(notes)
                 row = {
                     "case": case.id, "class": c, "class_name": name, "status": "ok", "error": "", "note": note,
                     "image": str(case.image), "label": str(case.label) if case.label else "",
@@ -353,13 +357,14 @@ class Runner:
                 hs = heat_src.as_tensor()[0] if hasattr(heat_src, "as_tensor") else heat_src[0]
                 peak = torch.nonzero(hs == hs.max())[0].tolist()
                 world = _world(source.affine, peak)
-                row.update(peak_x=round(world[0], 3), peak_y=round(world[1], 3), peak_z=round(world[2], 3),
-                           peak_voxel=" ".join(str(i) for i in peak))
+                if bool(hs.max() > hs.min()):  # a flat (all-zero) map has no peak
+                    row.update(peak_x=round(world[0], 3), peak_y=round(world[1], 3), peak_z=round(world[2], 3),
+                               peak_voxel=" ".join(str(i) for i in peak))
                 cdir = stage / name
                 cdir.mkdir(parents=True, exist_ok=True)
                 row.update(self._export(case, source, heat_src, world, cdir, stage, files))
                 row["seconds"] = round(time.perf_counter() - start, 3)
-                rows.append(row)
+                rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
             record = {
                 "case": case.id, "image": str(case.image), "label": str(case.label) if case.label else None,
                 "declared": self.declared(), "files": files, "rows": rows,
@@ -423,6 +428,8 @@ def _json_default(obj):
 
 def _format_row(row: dict) -> str:
     parts = [f"{row['class_name']}: {row['predicted_voxels']} vox"]
+    if row.get("note"):
+        parts.append(row["note"].split(":")[0])
     if row.get("peak_x") not in (None, ""):
         parts.append(f"peak ({row['peak_x']:.1f}, {row['peak_y']:.1f}, {row['peak_z']:.1f}) mm")
     e = row.get("energy_in_prediction")
