@@ -104,24 +104,54 @@ def test_sliding_window_run(dataset):
     assert heat.shape == (20, 18, 12) and 0.5 < float(np.asarray(heat.dataobj).max()) <= 1.0
 
 
+def test_2d_images_with_a_2d_network(tmp_path):
+    affine = np.diag([0.7, 0.7, 3.0, 1.0])
+    affine[:3, 3] = [-10.0, 20.0, 5.0]
+    (tmp_path / "images").mkdir()
+    for i in range(2):
+        image = np.random.default_rng(i).normal(size=(24, 20)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, affine), tmp_path / "images" / f"xray{i}.nii.gz")
+    net = {**config(tmp_path)["network_def"], "spatial_dims": 2}
+    torch.manual_seed(0)
+    from monai.networks.nets import UNet
+
+    torch.save(UNet(2, 1, 3, channels=(4, 8), strides=(2,), num_res_units=0).state_dict(), tmp_path / "model.pt")
+    cfg = config(tmp_path, network_def=net, preprocessing=[{"_target_": "DivisiblePadd", "keys": "image", "k": 2}],
+                 data={"label_folder": None}, targets={"classes": [2]})
+    assert pipeline.run(load_config(cfg), quiet=True) == 0
+    rows = pipeline.read_summary(tmp_path / "out" / "summary.csv")
+    assert [r["case"] for r in rows] == ["xray0", "xray1"]
+    for r in rows:
+        heat = nib.load(str(tmp_path / "out" / r["heat_nifti"]))
+        assert heat.shape == (24, 20)
+        np.testing.assert_allclose(heat.affine, affine)
+        i, j = (int(v) for v in r["peak_voxel"].split())
+        assert [float(r["peak_x"]), float(r["peak_y"]), float(r["peak_z"])] == pytest.approx(
+            [-10 + 0.7 * i, 20 + 0.7 * j, 5.0], abs=1e-3)
+        assert float(r["predicted_volume_ml"]) == pytest.approx(int(r["predicted_voxels"]) * 0.7 * 0.7 * 3 / 1000, abs=1e-4)
+        assert r["pngs"] == "1" and (tmp_path / "out" / r["figure"]).is_file()
+
+
 def test_bad_cases_are_listed_and_leave_nothing(dataset, capsys):
     images = dataset / "images"
     (images / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00not really gzip")
     nib.save(nib.Nifti1Image(np.zeros((20, 18), np.float32), np.eye(4)), images / "flat2d.nii.gz")
     nib.save(nib.Nifti1Image(np.full((20, 18, 12), np.nan, np.float32), np.eye(4)), images / "allnan.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((20, 18, 12, 2), np.float32), np.eye(4)), images / "twochannel.nii.gz")
     cfg = write_yaml(dataset / "run.yaml", config(dataset, data={"num_workers": 1}, outputs=HEAT_ONLY))
     status = cli.main(["run", str(cfg), "--quiet"])
     assert status == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "3 of 6 case(s) failed: allnan, corrupt, flat2d" in captured.err
+    assert "4 of 7 case(s) failed: allnan, corrupt, flat2d, twochannel" in captured.err
     rows = {(r["case"], r["class"]): r for r in csv.DictReader(open(dataset / "out" / "summary.csv"))}
-    assert len(rows) == 12
-    reasons = {case: rows[(case, "1")]["error"] for case in ("corrupt", "flat2d", "allnan")}
+    assert len(rows) == 14
+    reasons = {case: rows[(case, "1")]["error"] for case in ("corrupt", "flat2d", "allnan", "twochannel")}
     assert "image must be a readable image file, not" in reasons["corrupt"] and "corrupt.nii.gz" in reasons["corrupt"]
     assert "image must be 3D like the network" in reasons["flat2d"] and "not 2D with shape [20, 18]" in reasons["flat2d"]
     assert "must contain only finite values, not no finite voxel" in reasons["allnan"]
-    for case in ("corrupt", "flat2d", "allnan"):
+    assert "image must have 1 channel(s) like network_def.in_channels, not 2" in reasons["twochannel"]
+    for case in ("corrupt", "flat2d", "allnan", "twochannel"):
         assert rows[(case, "1")]["status"] == rows[(case, "2")]["status"] == "failed"
     assert all(rows[(f"case{i}", c)]["status"] == "ok" for i in range(3) for c in "12")
     # nothing partial: only the good cases' folders and the summary

@@ -213,8 +213,19 @@ def _first(batch: list) -> Any:
 
 
 def _world(affine, index) -> list[float]:
-    vec = torch.tensor([*[float(i) for i in index], 1.0], dtype=torch.float64)
-    return (torch.as_tensor(affine, dtype=torch.float64) @ vec)[:3].tolist()
+    """World coordinates (x, y, z) in mm of a voxel index (2D images lie in their slice, k = 0)."""
+    a = torch.as_tensor(affine, dtype=torch.float64)
+    n = a.shape[0] - 1
+    idx = [float(i) for i in index][:n] + [0.0] * max(0, n - len(index))
+    world = (a @ torch.tensor([*idx, 1.0], dtype=torch.float64))[:n].tolist()
+    return world + [0.0] * (3 - len(world))
+
+
+def _voxel_ml(affine) -> float:
+    """Volume of one voxel in ml; for a 2D image with a 4x4 affine, a pixel times the slice thickness."""
+    a = torch.as_tensor(affine, dtype=torch.float64)
+    n = a.shape[0] - 1
+    return abs(float(torch.linalg.det(a[:n, :n]))) / 1000.0
 
 
 def label_region(label: torch.Tensor, c: int) -> torch.Tensor:
@@ -255,6 +266,9 @@ class Runner:
         self.pre = config.build_preprocessing()
         self.model = config.build_network().to(self.device)
         self.cam = config.build_cam(self.model, normalize=not self.outputs["raw_heat"])
+        net = config.parser.get("network_def") or {}
+        channels = net.get("in_channels") if isinstance(net, dict) else None
+        self.in_channels = channels if isinstance(channels, int) else None
 
     # ---- what a complete case looks like
     def declared(self) -> dict:
@@ -317,10 +331,17 @@ class Runner:
         from volcam import io as vio
 
         image = data["image"]
+        if self.in_channels is not None and image.shape[0] != self.in_channels:
+            raise ShapeError(
+                f"image must have {self.in_channels} channel(s) like network_def.in_channels, not {image.shape[0]} "
+                f"(shape {list(image.shape)}, '{case.image}')",
+                expected=f"{self.in_channels} channels",
+                actual_shape=tuple(image.shape),
+            )
         x = image.as_tensor()[None].float().to(self.device)
         label = data["label"].as_tensor().to(self.device) if "label" in data else None
         source = data["source"]
-        voxel_ml = abs(float(torch.linalg.det(torch.as_tensor(image.affine, dtype=torch.float64)[:3, :3]))) / 1000.0
+        voxel_ml = _voxel_ml(image.affine)
 
         stage = self.out / STAGING / f"{case.id}-{os.getpid()}"
         if stage.exists():
