@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     # 2. the scan, preprocessed as in training; the MetaTensor records every spatial step
     preprocess = Compose([
         Orientation("RAS", labels=None),
-        Spacing((2.0, 2.0, 2.5)),
+        Spacing((2.5, 2.5, 2.5)),
         ScaleIntensityRange(-200, 300, 0.0, 1.0, clip=True),
         DivisiblePad(4),
     ])

@@ -236,3 +236,19 @@ def test_killed_run_resumes_without_redoing_finished_cases(dataset):
     assert [r["status"] for r in rows] == ["skipped", "skipped", "ok", "ok", "ok", "ok"]
     assert files_under(out / "case0") == finished  # same files, same mtimes
     assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "summary.csv"]
+
+
+def test_merge_summaries_in_case_order(tmp_path):
+    """Tables written by separate processes (e.g. one per shard) merge into one, in case order."""
+    rows = [{"case": c, "class": k, "status": "ok", "energy_in_prediction": 0.25, "note": None}
+            for c in ("b", "a", "c") for k in (2, 1)]
+    pipeline.write_summary(rows[:2] + rows[4:], tmp_path / "shard0.csv")
+    pipeline.write_summary(rows[2:4], tmp_path / "shard1.csv")
+    merged = pipeline.merge_summaries([tmp_path / "shard0.csv", tmp_path / "shard1.csv"], tmp_path / "all.csv",
+                                      order=["a", "b", "c"])
+    got = pipeline.read_summary(merged)
+    assert [(r["case"], r["class"]) for r in got] == [("a", "1"), ("a", "2"), ("b", "1"), ("b", "2"),
+                                                      ("c", "1"), ("c", "2")]
+    assert list(got[0]) == pipeline.SUMMARY_COLUMNS
+    assert got[0]["energy_in_prediction"] == "0.25" and got[0]["note"] == "" and got[0]["seconds"] == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.csv", "shard0.csv", "shard1.csv"]  # no temp files

@@ -134,3 +134,11 @@ def test_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=root, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_empty_target_everywhere_warns_and_gives_zeros():
+    cam = volcam.GradCAM(BlobNet(), "act")
+    x = torch.zeros(1, 1, 20, 20, 20)  # nothing is predicted as class 1
+    with pytest.warns(RuntimeWarning, match="zero everywhere: the target mask is empty in every window"):
+        heat, out = sliding_window_cam(cam, x, 12, targets=1)
+    assert torch.equal(heat, torch.zeros_like(heat)) and not bool((out.argmax(1) == 1).any())

@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -140,7 +141,7 @@ def load_case(case: Case, pre, spatial_dims: int, *, need_label: bool = False) -
     if case.label is not None:
         data["label"] = str(case.label)
     elif need_label:
-        raise TargetError(f"targets.mask is 'label', so case '{case.id}' needs a label file, not none")
+        raise TargetError(f"case '{case.id}' must have a label file when targets.mask is 'label', not none")
     for key, path in list(data.items()):
         if not Path(path).is_file():
             raise ImageReadError(f"{key} must be an existing file, not '{path}'", path=path)
@@ -343,7 +344,7 @@ class Runner:
         source = data["source"]
         voxel_ml = _voxel_ml(image.affine)
 
-        stage = self.out / STAGING / f"{case.id}-{os.getpid()}"
+        stage = self.out / STAGING / f"{case.id}.{os.getpid()}"
         if stage.exists():
             shutil.rmtree(stage)
         stage.mkdir(parents=True)
@@ -501,9 +502,11 @@ def run_cases(
             results[i] = CaseResult(case, "skipped", rows)
         else:
             todo.append(i)
-        stale = runner.out / STAGING
-        for leftover in stale.glob(f"{case.id}-*") if stale.is_dir() else ():
-            shutil.rmtree(leftover, ignore_errors=True)  # an interrupted earlier attempt
+        staging = runner.out / STAGING
+        pattern = re.compile(re.escape(case.id) + r"\.\d+")
+        for leftover in staging.iterdir() if staging.is_dir() else ():
+            if pattern.fullmatch(leftover.name):  # an interrupted earlier attempt at this case
+                shutil.rmtree(leftover, ignore_errors=True)
 
     bar = tqdm(total=len(cases), unit="case", disable=quiet, file=sys.stderr, dynamic_ncols=True)
     write = log or (lambda line: tqdm.write(line, file=sys.stdout))

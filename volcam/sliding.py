@@ -155,16 +155,20 @@ def sliding_window_cam(
     per_sample = _per_sample(targets, batch)
     if any(t is None for t in per_sample):
         # the default target needs the whole volume's prediction: one inference pass first
+        from volcam.selectors import select
         from volcam.targets import default_target
 
+        def infer(window: torch.Tensor) -> torch.Tensor:
+            return select(cam.model(window), cam.model_output, what="model output")
+
         with torch.no_grad():
-            pred = sliding_window_inference(x, predictor=window_cam._forward, **sw)
+            pred = sliding_window_inference(x, predictor=infer, **sw)
         cats = default_target(_plain(pred)).categories.tolist()
         per_sample = [SegmentationTarget(int(cats[b])) if t is None else t for b, t in enumerate(per_sample)]
 
     categories = [t.category for t in per_sample]
-    kinds = ["tensor" if isinstance(t.mask, torch.Tensor) or (t.mask is not None and not isinstance(t.mask, str))
-             else t.mask for t in per_sample]
+    # per sample: None (the region each window predicts), "all", or "tensor" (a user mask)
+    kinds = ["tensor" if t.mask is not None and not isinstance(t.mask, str) else t.mask for t in per_sample]
     activations = [t.activation for t in per_sample]
     inputs = x
     if any(k == "tensor" for k in kinds):
@@ -194,6 +198,13 @@ def sliding_window_cam(
 
     output, heat = sliding_window_inference(inputs, predictor=predictor, with_coord=True, **sw)
     output, heat = _plain(output), _plain(heat).float()
+    if not bool((heat > 0).any()):
+        warnings.warn(
+            "the sliding-window CAM is zero everywhere: the target mask is empty in every window, "
+            "or no window has positive evidence at the target layer",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if cam.normalize:
         heat = normalize(heat)
     return SlidingWindowCAM(heat=heat, output=output)

@@ -12,9 +12,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "checkpoint and the config, and explain the held-out cases with `volcam run`. No download."
     )
     parser.add_argument("--output", metavar="DIR", default="demo-output", help="demo folder (default: demo-output)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
-    parser.add_argument("--max-seconds", type=float, default=90.0,
-                        help="stop training after this many seconds (default: 90)")
+    parser.add_argument("--steps", type=int, default=250, help="training steps (default: 250)")
+    parser.add_argument("--max-seconds", type=float, default=150.0,
+                        help="stop training after this many seconds, whatever the steps (default: 150)")
     parser.add_argument("--train-cases", type=int, default=16, help="training cases (default: 16)")
     parser.add_argument("--test-cases", type=int, default=4, help="held-out cases explained (default: 4)")
     parser.add_argument("--seed", type=int, default=0)
