@@ -252,3 +252,29 @@ def test_merge_summaries_in_case_order(tmp_path):
     assert list(got[0]) == pipeline.SUMMARY_COLUMNS
     assert got[0]["energy_in_prediction"] == "0.25" and got[0]["note"] == "" and got[0]["seconds"] == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.csv", "shard0.csv", "shard1.csv"]  # no temp files
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("roi", [None, [12, 12, 8]], ids=["whole", "sliding"])
+def test_cuda_run_matches_cpu_run(dataset, roi):
+    """The runner on a GPU writes the same heat volumes and statistics as on the CPU."""
+    rows = {}
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32 on the GPU
+    try:
+        for device in ("cpu", "cuda"):
+            cfg = config(dataset, device=device, outputs={**HEAT_ONLY, "dir": str(dataset / device)},
+                         targets={"mask": "label"}, sliding_window={"roi_size": roi})
+            assert pipeline.run(load_config(cfg), quiet=True) == 0
+            rows[device] = pipeline.read_summary(dataset / device / "summary.csv")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert len(rows["cpu"]) == len(rows["cuda"]) == 6
+    for cpu, gpu in zip(rows["cpu"], rows["cuda"]):
+        assert (cpu["case"], cpu["class"]) == (gpu["case"], gpu["class"])
+        assert int(gpu["predicted_voxels"]) == pytest.approx(int(cpu["predicted_voxels"]), rel=0.01, abs=2)
+        for key in ("energy_in_prediction", "energy_in_label"):
+            assert float(gpu[key]) == pytest.approx(float(cpu[key]), abs=1e-3)
+        a = np.asarray(nib.load(str(dataset / "cpu" / cpu["heat_nifti"])).dataobj)
+        b = np.asarray(nib.load(str(dataset / "cuda" / gpu["heat_nifti"])).dataobj)
+        np.testing.assert_allclose(b, a, atol=2e-3)
