@@ -22,10 +22,12 @@ from volcam.errors import (
 )
 from volcam.methods import (
     METHODS,
+    AblationCAM,
     BaseCAM,
     CAMResult,
     EigenCAM,
     EigenGradCAM,
+    FullGrad,
     GradCAM,
     GradCAMPlusPlus,
     HiResCAM,
@@ -50,6 +52,8 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "ScoreCAM",
+    "AblationCAM",
+    "FullGrad",
     "METHODS",
     "get_method",
     "register_method",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import difflib
 
 from volcam.errors import MethodNotFoundError
+from volcam.methods.ablationcam import AblationCAM
 from volcam.methods.base import BaseCAM, CAMResult, LayerContext
 from volcam.methods.eigencam import EigenCAM, EigenGradCAM
+from volcam.methods.fullgrad import FullGrad
 from volcam.methods.gradcam import GradCAM
 from volcam.methods.gradcam_plusplus import GradCAMPlusPlus
 from volcam.methods.hirescam import HiResCAM
@@ -26,6 +28,8 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "ScoreCAM",
+    "AblationCAM",
+    "FullGrad",
     "METHODS",
     "get_method",
     "register_method",
@@ -41,6 +45,8 @@ METHODS: dict[str, type[BaseCAM]] = {
     "eigencam": EigenCAM,
     "eigengradcam": EigenGradCAM,
     "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "fullgrad": FullGrad,
 }
 
 _ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
