@@ -21,9 +21,9 @@ features before the layer too, so the part before the layer is run again rather 
 cached. The ``B * K`` ablated copies run under ``torch.no_grad()`` in batches of
 ``batch_size``.
 
-With ``reshape`` (transformer tokens ``[B, N, K] -> [B, K, *S]``) the elements of
-channel k are found by passing a tensor of element indices through ``reshape``; a class
-token dropped by ``reshape`` is never ablated.
+With ``reshape`` (transformer tokens ``[B, N, K] -> [B, K, *S]``, Swin windows) the
+elements of channel k are found by passing a tensor of element indices through
+``reshape``; a class token dropped by ``reshape`` is never ablated.
 
 Wide layers: ``ratio`` < 1 ablates, per sample, only the ``ceil(ratio * K)`` channels
 with the largest mean absolute activation (the channels that can weigh most in the
@@ -105,10 +105,13 @@ class AblationCAM(BaseCAM):
 
         def hook(_module, _inputs, output):
             tensor = select(output, selector, what="target layer output")
-            positions = plan.positions(tensor, reshape)  # [K, M] flat indices within one sample
             zeroed = tensor.clone(memory_format=torch.contiguous_format)
-            index = positions[plan.channels]  # [N, M]
-            zeroed.view(zeroed.shape[0], -1).scatter_(1, index, 0)
+            if reshape is None:  # [N, K, *S]: channel plan.channels[i] of row i
+                zeroed[torch.arange(zeroed.shape[0], device=zeroed.device), plan.channels] = 0
+            else:
+                positions = plan.positions(tensor, reshape)  # [N, K, M] flat indices into the tensor
+                rows = torch.arange(positions.shape[0], device=positions.device)
+                zeroed.view(-1)[positions[rows, plan.channels].reshape(-1)] = 0
             return replace(output, selector, zeroed, old=tensor)
 
         handle = module.register_forward_hook(hook)
@@ -126,11 +129,15 @@ class _Ablation:
         self._positions: dict[tuple, torch.Tensor] = {}
 
     def positions(self, tensor: torch.Tensor, reshape) -> torch.Tensor:
-        """``[K, M]``: the flat indices (within one sample) of each channel's elements."""
-        key = (tuple(tensor.shape[1:]), tensor.device)
+        """``[N, K, M]``: the flat indices into ``tensor`` of each sample's channel elements.
+
+        Found by passing the element indices through ``reshape``, so any rearrangement
+        (tokens, channels-last, Swin windows whose first axis is not the sample) works.
+        """
+        key = (tuple(tensor.shape), tensor.device)
         if key not in self._positions:
-            index = torch.arange(tensor[0].numel(), device=tensor.device).view(1, *tensor.shape[1:])
+            index = torch.arange(tensor.numel(), device=tensor.device).view(tensor.shape)
             if reshape is not None:
                 index = reshape(index)
-            self._positions[key] = index[0].reshape(index.shape[1], -1)
+            self._positions = {key: index.flatten(2)}
         return self._positions[key]
