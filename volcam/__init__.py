@@ -21,8 +21,10 @@ from volcam.errors import (
     VolcamError,
 )
 from volcam.methods import (
+    ATTENTION_METHODS,
     METHODS,
     AblationCAM,
+    AttentionRollout,
     BaseCAM,
     CAMResult,
     EigenCAM,
@@ -54,7 +56,9 @@ __all__ = [
     "ScoreCAM",
     "AblationCAM",
     "FullGrad",
+    "AttentionRollout",
     "METHODS",
+    "ATTENTION_METHODS",
     "get_method",
     "register_method",
     "SegmentationTarget",

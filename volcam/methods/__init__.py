@@ -13,6 +13,7 @@ from volcam.methods.gradcam import GradCAM
 from volcam.methods.gradcam_plusplus import GradCAMPlusPlus
 from volcam.methods.hirescam import HiResCAM
 from volcam.methods.layercam import LayerCAM
+from volcam.methods.rollout import AttentionRollout
 from volcam.methods.scorecam import ScoreCAM
 from volcam.methods.xgradcam import XGradCAM
 
@@ -30,7 +31,9 @@ __all__ = [
     "ScoreCAM",
     "AblationCAM",
     "FullGrad",
+    "AttentionRollout",
     "METHODS",
+    "ATTENTION_METHODS",
     "get_method",
     "register_method",
 ]
@@ -49,7 +52,18 @@ METHODS: dict[str, type[BaseCAM]] = {
     "fullgrad": FullGrad,
 }
 
-_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
+#: name -> method reading the attention matrices of transformer blocks instead of a layer's
+#: activations. They need a model with self-attention blocks, so they are kept apart from
+#: METHODS, every entry of which works on any convolutional target layer.
+ATTENTION_METHODS: dict[str, type[BaseCAM]] = {
+    "rollout": AttentionRollout,
+}
+
+_ALIASES = {
+    "gradcampp": "gradcam++",
+    "gradcamplusplus": "gradcam++",
+    "attentionrollout": "rollout",
+}
 
 
 def register_method(name: str, cls: type[BaseCAM]) -> None:
@@ -60,15 +74,17 @@ def register_method(name: str, cls: type[BaseCAM]) -> None:
 
 
 def get_method(name: str) -> type[BaseCAM]:
-    """The method class registered under ``name`` (case, '-' and '_' ignored).
+    """The method class registered under ``name`` (case, '-' and '_' ignored), in
+    :data:`METHODS` or :data:`ATTENTION_METHODS`.
 
     Raises:
         MethodNotFoundError: with the closest registered names.
     """
     key = str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
     key = _ALIASES.get(key, key)
-    if key in METHODS:
-        return METHODS[key]
-    close = difflib.get_close_matches(key, list(METHODS), n=3, cutoff=0.5)
+    known = {**METHODS, **ATTENTION_METHODS}
+    if key in known:
+        return known[key]
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise MethodNotFoundError(f"`method` must be one of {sorted(METHODS)}, not {name!r}{hint}")
+    raise MethodNotFoundError(f"`method` must be one of {sorted(known)}, not {name!r}{hint}")
