@@ -158,6 +158,11 @@ class BaseCAM:
             return first_principal_component(weighted)
         return weighted.sum(1, keepdim=True)
 
+    def combine_layers(self, maps: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The heat ``[B, 1, *S]`` from the raw per-layer maps: upsampled to ``x``'s size,
+        normalised and averaged (as set by ``upsample`` and ``normalize``)."""
+        return aggregate(maps, x.shape[2:] if self.upsample else None, normalize_maps=self.normalize)
+
     # ------------------------------------------------------------------ engine
     def __call__(
         self, x: torch.Tensor, targets: TargetSpec = None, *, aug_smooth: Any = None, eigen_smooth: bool | None = None
@@ -261,7 +266,7 @@ class BaseCAM:
                     m = self.combine(a, g, ctx).float()
                     maps.append(F.relu(m) if self.relu else m)
         with torch.no_grad():
-            heat = aggregate(maps, x.shape[2:] if self.upsample else None, normalize_maps=self.normalize)
+            heat = self.combine_layers(maps, x)
         warn_empty(scorer)
         return CAMResult(
             heat=heat,
