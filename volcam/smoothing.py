@@ -13,7 +13,7 @@ forward (and partial backward) passes. Every map is taken back through the inver
 transform (flip back, inverse zoom with a coverage weight) and the maps are averaged
 voxel by voxel over the views that see the voxel:
 
-    heat(p) = sum_v T_v^-1[map_v](p) / sum_v T_v^-1[1](p)
+    map(p) = sum_v T_v^-1[map_v](p) / sum_v T_v^-1[1](p)
 
 The target is bound once, on the un-augmented view (which is always the first view):
 its class and its mask (the predicted region by default, or the user's mask) are
@@ -22,8 +22,10 @@ class over the same voxels. A callable target that is not a
 :class:`~volcam.SegmentationTarget` / :class:`~volcam.ClassifierTarget` cannot be
 transformed and is applied to each view's output as it is.
 
-With ``normalize`` on, each view's map is normalised before averaging and the average
-is normalised again (the views' score scales do not weigh them). ``res.output`` and
+The averaging acts on the raw maps of each target layer, at the layer's resolution
+(``res.layer_maps``, ReLU applied, not normalised); the averaged layer maps then go
+through the method's usual upsampling, normalisation and layer aggregation
+(:meth:`~volcam.methods.base.BaseCAM.combine_layers`), once. ``res.output`` and
 ``res.scores`` are those of the un-augmented input.
 
 Flips are exact permutations of voxels; zooms resample with N-linear interpolation
@@ -245,7 +247,6 @@ def explain_augmented(cam: Any, x: torch.Tensor, targets: Any, aug_smooth: Any, 
         :class:`~volcam.methods.base.CAMResult`; ``layer_maps`` are the averaged raw maps.
     """
     from volcam.methods.base import CAMResult  # base imports this module lazily
-    from volcam.postprocess import normalize
 
     if aug_smooth is True:
         settings = AugSmooth()
@@ -257,9 +258,8 @@ def explain_augmented(cam: Any, x: torch.Tensor, targets: Any, aug_smooth: Any, 
     batch = x.shape[0]
     per_call = len(views) if settings.batch_size is None else max(1, settings.batch_size // batch)
     binder = _Binder(targets, batch)
-    heat_sum = heat_cover = None
-    layer_sums: list[torch.Tensor] = []
-    layer_covers: list[torch.Tensor] = []
+    layer_sums: list = []
+    layer_covers: list = []
     first = None
     with warnings.catch_warnings():
         # empty masks are reported once below, with the samples' own indices
@@ -274,18 +274,13 @@ def explain_augmented(cam: Any, x: torch.Tensor, targets: Any, aug_smooth: Any, 
                 layer_covers = [0.0] * len(res.layer_maps)
             for i, v in enumerate(chunk):
                 rows = slice(i * batch, (i + 1) * batch)
-                m, c = invert_view(res.heat[rows], v)
-                heat_sum = m if heat_sum is None else heat_sum + m
-                heat_cover = c if heat_cover is None else heat_cover + c
                 for j, lm in enumerate(res.layer_maps):
                     m, c = invert_view(lm[rows], v)
                     layer_sums[j] = layer_sums[j] + m
                     layer_covers[j] = layer_covers[j] + c
     with torch.no_grad():
-        heat = heat_sum / heat_cover.clamp_min(1e-6)
-        if cam.normalize:
-            heat = normalize(heat)
         layer_maps = [s / c.clamp_min(1e-6) for s, c in zip(layer_sums, layer_covers)]
+        heat = cam.combine_layers(layer_maps, x)
     if hasattr(binder.bound, "empty"):
         warn_empty(binder.bound)
     return CAMResult(

@@ -164,6 +164,11 @@ class FullGrad(BaseCAM):
             for h in handles:
                 h.remove()
 
+    def combine_layers(self, maps: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The sum of the terms upsampled to ``x``'s size, normalised if ``normalize``."""
+        heat = sum(upsample(m, x.shape[2:]) for m in maps)
+        return normalize(heat) if self.normalize else heat
+
     def _explain(self, x: torch.Tensor, targets: TargetSpec, eigen_smooth: bool) -> CAMResult:
         xin = x.detach().requires_grad_(True)
         biases: dict = {}
@@ -192,9 +197,7 @@ class FullGrad(BaseCAM):
                     term = bias.view(*bias.shape, *([1] * (g.ndim - 2))) * g.float()
                 maps.append(rescale(term).sum(1, keepdim=True))
                 layer_names.append(name)
-            heat = sum(upsample(m, x.shape[2:]) for m in maps)
-            if self.normalize:
-                heat = normalize(heat)
+            heat = self.combine_layers(maps, x)
         warn_empty(scorer)
         return CAMResult(
             heat=heat, output=output.detach(), layer_maps=maps, scores=scores.detach(), layer_names=layer_names

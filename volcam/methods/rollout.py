@@ -42,7 +42,6 @@ from volcam.capture import capture
 from volcam.errors import LayerNotFoundError, LayerNotReachedError, ShapeError, VolcamError
 from volcam.layers import LayerSpec, resolve_layers
 from volcam.methods.base import BaseCAM, CAMResult
-from volcam.postprocess import aggregate
 from volcam.selectors import Selector
 from volcam.targets import TargetSpec, resolve_targets, warn_empty
 
@@ -225,7 +224,7 @@ class AttentionRollout(BaseCAM):
             grid, class_token = self._grid(x, rollout.shape[-1])
             relevance = rollout[:, 0, 1:] if class_token else rollout.mean(1)
             patch_map = relevance.reshape(x.shape[0], 1, *grid)
-            heat = aggregate([patch_map], x.shape[2:] if self.upsample else None, normalize_maps=self.normalize)
+            heat = self.combine_layers([patch_map], x)
         warn_empty(scorer)
         return CAMResult(
             heat=heat,
