@@ -10,6 +10,15 @@ import volcam
 from helpers import assert_same_state, model_state
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these small models run faster without thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class SmallNet(nn.Module):
     def __init__(self, dims):
         super().__init__()

@@ -9,6 +9,15 @@ import volcam
 from helpers import Pyramid, assert_same_state, model_state
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these small models run faster without thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_net(dims, norms=True):
     torch.manual_seed(0)
     c = nn.Conv2d if dims == 2 else nn.Conv3d

@@ -14,6 +14,15 @@ from volcam.smoothing import AugSmooth, View, apply_view, invert_view
 FLIPS_ONLY = AugSmooth(flips="all", scales=(1.0,))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these small models run faster without thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def conv(dims):
     return nn.Conv2d if dims == 2 else nn.Conv3d
 
@@ -57,7 +66,7 @@ def test_flip_smoothing_of_a_flip_equivariant_net_changes_nothing(dims, make_net
     smooth = cam.explain(x, aug_smooth=FLIPS_ONLY)
     assert torch.allclose(smooth.heat, plain.heat, atol=1e-5)
     assert torch.allclose(smooth.layer_maps[0], plain.layer_maps[0], rtol=1e-4, atol=1e-5)
-    assert torch.equal(smooth.output, plain.output) and torch.allclose(smooth.scores, plain.scores)
+    assert torch.allclose(smooth.output, plain.output, atol=1e-6) and torch.allclose(smooth.scores, plain.scores)
     assert plain.heat.std() > 0.05  # a real map, not a constant
 
 
