@@ -261,7 +261,12 @@ class BaseCAM:
                     a = self._to_spatial(name, a.detach(), x).float()
                     g = self._to_spatial(name, g, x).float() if g is not None else None
                     ctx = LayerContext(
-                        name=name, x=x, forward=forward, scorer=scorer, scores=scores.detach(), eigen_smooth=eigen_smooth
+                        name=name,
+                        x=x,
+                        forward=forward,
+                        scorer=scorer,
+                        scores=scores.detach(),
+                        eigen_smooth=eigen_smooth,
                     )
                     m = self.combine(a, g, ctx).float()
                     maps.append(F.relu(m) if self.relu else m)
