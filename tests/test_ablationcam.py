@@ -122,7 +122,8 @@ def test_selected_output_of_a_dict_layer_is_ablated_in_place():
     torch.manual_seed(2)
     model = TupleNet().eval()
     x = torch.randn(2, 1, 4, 6, 6)
-    res = volcam.AblationCAM(model, "block", layer_output="features").explain(x, targets=volcam.SegmentationTarget(1, mask="all"))
+    cam = volcam.AblationCAM(model, "block", layer_output="features")
+    res = cam.explain(x, targets=volcam.SegmentationTarget(1, mask="all"))
     feats = model.block.conv(x).detach()
     with torch.no_grad():
         y = model(x)[:, 1].flatten(1).sum(1)

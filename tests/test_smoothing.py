@@ -192,13 +192,17 @@ def test_constructor_defaults_and_call_overrides():
     off = volcam.GradCAM(model, "down")
     assert torch.equal(on(x, targets=1), off(x, targets=1, aug_smooth=True, eigen_smooth=True))
     assert torch.equal(on(x, targets=1, aug_smooth=False, eigen_smooth=False), off(x, targets=1))
+    as_dict = off(x, targets=1, aug_smooth={"flips": "all", "scales": [1.0, 1.1]})  # as a config file gives it
+    assert torch.equal(as_dict, off(x, targets=1, aug_smooth=AugSmooth(flips="all", scales=(1.0, 1.1))))
 
 
 def test_bad_settings_are_reported():
     model = Pyramid.pair()[0]
     x = torch.randn(1, 1, 8, 8)
-    with pytest.raises(volcam.ConfigError, match="`aug_smooth` must be True, False or a volcam.smoothing.AugSmooth, not 'yes'"):
+    with pytest.raises(volcam.ConfigError, match="`aug_smooth` must be True, False, a volcam.smoothing.AugSmooth or"):
         volcam.GradCAM(model, "down")(x, targets=1, aug_smooth="yes")
+    with pytest.raises(volcam.ConfigError, match="must be AugSmooth arguments, not {'flip': 'all'}"):
+        volcam.GradCAM(model, "down")(x, targets=1, aug_smooth={"flip": "all"})
     with pytest.raises(volcam.ConfigError, match="`flips` must be 'single', 'all', 'none'"):
         AugSmooth(flips="diagonal")
     with pytest.raises(volcam.ConfigError, match=r"spatial axes in \[0, 1\] .* not \(2,\)"):

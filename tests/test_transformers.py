@@ -8,7 +8,15 @@ from monai.networks.nets.swin_unetr import compute_mask, window_partition
 
 import volcam
 from helpers import Pyramid, assert_same_state, model_state
-from volcam.transformers import ChannelsLast, SwinWindows, TokenGrid, patch_size, suggested_layers, swin_reshape, vit_reshape
+from volcam.transformers import (
+    ChannelsLast,
+    SwinWindows,
+    TokenGrid,
+    patch_size,
+    suggested_layers,
+    swin_reshape,
+    vit_reshape,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -100,7 +108,8 @@ def test_swin_windows_of_a_real_shifted_block(dims):
 def test_gradcam_on_unetr_tokens_matches_a_manual_computation():
     net, size = unetr(3)
     x = torch.randn(2, 1, *size)
-    res = volcam.GradCAM(net, "vit.norm", reshape=vit_reshape(net), upsample=False, normalize=False).explain(x, targets=2)
+    cam = volcam.GradCAM(net, "vit.norm", reshape=vit_reshape(net), upsample=False, normalize=False)
+    res = cam.explain(x, targets=2)
     kept = []
     h = net.vit.norm.register_forward_hook(lambda m, i, o: kept.append(o))
     out = net(x)

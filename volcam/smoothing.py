@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -47,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from volcam.errors import ConfigError
-from volcam.targets import BoundTarget, SegmentationTarget, _Callable, _PerSample, resolve_targets, warn_empty
+from volcam.targets import BoundTarget, SegmentationTarget, _PerSample, resolve_targets, warn_empty
 
 __all__ = ["AugSmooth", "View", "explain_augmented", "apply_view", "invert_view"]
 
@@ -90,19 +91,24 @@ class AugSmooth:
         padding_mode: str = "border",
     ):
         if isinstance(flips, str) and flips not in ("single", "all", "none"):
-            raise ConfigError(f"`flips` must be 'single', 'all', 'none' or a list of axis tuples, not {flips!r}", key="flips")
+            raise ConfigError(
+                f"`flips` must be 'single', 'all', 'none' or a list of axis tuples, not {flips!r}", key="flips"
+            )
         if not isinstance(flips, str):
             try:
                 flips = [tuple(int(a) for a in f) for f in flips]
             except TypeError as err:
-                raise ConfigError(f"`flips` must be a list of tuples of spatial axes, not {flips!r}", key="flips") from err
+                raise ConfigError(
+                    f"`flips` must be a list of tuples of spatial axes, not {flips!r}", key="flips"
+                ) from err
         try:
             scales = [float(s) for s in scales]
         except (TypeError, ValueError) as err:
             raise ConfigError(f"`scales` must be a sequence of positive numbers, not {scales!r}", key="scales") from err
         if any(not s > 0 for s in scales):
             raise ConfigError(f"`scales` must be positive numbers, not {scales!r}", key="scales")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        bad_batch = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        if batch_size is not None and bad_batch:
             raise ConfigError(f"`batch_size` must be a positive int or None, not {batch_size!r}", key="batch_size")
         if padding_mode not in ("border", "zeros", "reflection"):
             raise ConfigError(
@@ -241,7 +247,8 @@ def explain_augmented(cam: Any, x: torch.Tensor, targets: Any, aug_smooth: Any, 
         cam: the method instance.
         x: ``[B, C, *S]``.
         targets: as for ``explain``.
-        aug_smooth: True (default :class:`AugSmooth`) or an :class:`AugSmooth`.
+        aug_smooth: True (default :class:`AugSmooth`), an :class:`AugSmooth`, or a dict of
+            its arguments (config files).
 
     Returns:
         :class:`~volcam.methods.base.CAMResult`; ``layer_maps`` are the averaged raw maps.
@@ -252,8 +259,19 @@ def explain_augmented(cam: Any, x: torch.Tensor, targets: Any, aug_smooth: Any, 
         settings = AugSmooth()
     elif isinstance(aug_smooth, AugSmooth):
         settings = aug_smooth
+    elif isinstance(aug_smooth, Mapping):  # from a config file: {"flips": "all", "scales": [1.0, 1.1]}
+        try:
+            settings = AugSmooth(**aug_smooth)
+        except TypeError as err:
+            raise ConfigError(
+                f"`aug_smooth` settings must be AugSmooth arguments, not {dict(aug_smooth)!r}", key="aug_smooth"
+            ) from err
     else:
-        raise ConfigError(f"`aug_smooth` must be True, False or a volcam.smoothing.AugSmooth, not {aug_smooth!r}", key="aug_smooth")
+        raise ConfigError(
+            "`aug_smooth` must be True, False, a volcam.smoothing.AugSmooth or a dict of its arguments, "
+            f"not {aug_smooth!r}",
+            key="aug_smooth",
+        )
     views = settings.views(x.ndim - 2)
     batch = x.shape[0]
     per_call = len(views) if settings.batch_size is None else max(1, settings.batch_size // batch)
