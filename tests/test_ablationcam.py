@@ -62,15 +62,16 @@ def reference(model, layer, x, category, channels=None):
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_matches_the_papers_formula(dims):
+def test_matches_the_papers_formula(dims, device):
     torch.manual_seed(0)
     model = SmallNet(dims).eval()
     x = torch.randn(2, 1, *((8, 8) if dims == 2 else (4, 8, 8)))
-    before = model_state(model)
-    res = volcam.AblationCAM(model, "down", batch_size=5).explain(x, targets=2)
     ref, _ = reference(model, model.down, x, 2)
-    assert ref.abs().max() > 0
-    assert torch.allclose(res.layer_maps[0], ref, rtol=1e-4, atol=1e-5)
+    model.to(device)
+    before = model_state(model)
+    res = volcam.AblationCAM(model, "down", batch_size=5).explain(x.to(device), targets=2)
+    assert ref.abs().max() > 0 and res.heat.device == x.to(device).device
+    assert torch.allclose(res.layer_maps[0].cpu(), ref, rtol=1e-4, atol=1e-5)
     assert_same_state(before, model_state(model))
 
 

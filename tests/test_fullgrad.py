@@ -108,12 +108,16 @@ def test_reference_decomposition_is_complete_for_a_piecewise_linear_net():
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_matches_the_papers_formula(dims):
+def test_matches_the_papers_formula(dims, device):
     net = make_net(dims)
     x = torch.randn(2, 1, *((8, 8) if dims == 2 else (4, 8, 8)))
+    _, terms = decomposition(net, x, 2)
+    on_device = volcam.FullGrad(net.to(device), normalize=False).explain(x.to(device), targets=2)
+    assert on_device.heat.device == x.to(device).device
+    net.cpu()
     before = model_state(net)
     res = volcam.FullGrad(net, normalize=False).explain(x, targets=2)
-    _, terms = decomposition(net, x, 2)
+    assert torch.allclose(on_device.heat.cpu(), res.heat, atol=1e-4)
     pairs = [psi_channel_sum(t, x.shape[2:]) for t in terms]
     assert res.layer_names == ["(input)", "0", "1", "3", "4", "6", "7", "9"]
     for got, (raw, _) in zip(res.layer_maps, pairs):

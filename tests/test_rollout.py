@@ -68,13 +68,13 @@ def expected_map(n, columns, rate):
 
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("gradients", [False, True])
-def test_identity_attention_gives_a_uniform_map(dims, gradients):
-    net = set_attention(unetr(dims), dims)
-    x = torch.randn(2, 1, *SIZES[dims])
+def test_identity_attention_gives_a_uniform_map(dims, gradients, device):
+    net = set_attention(unetr(dims), dims).to(device)
+    x = torch.randn(2, 1, *SIZES[dims], device=device)
     before = model_state(net)
     res = AttentionRollout(net, gradients=gradients, normalize=False).explain(x, targets=1)
     grid = (2, 4) if dims == 2 else (2, 2, 4)
-    assert res.layer_maps[0].shape == (2, 1, *grid)
+    assert res.layer_maps[0].shape == (2, 1, *grid) and res.heat.device == x.device
     assert torch.allclose(res.layer_maps[0], torch.full_like(res.layer_maps[0], 1 / patches(dims)), atol=1e-6)
     assert_same_state(before, model_state(net))
 

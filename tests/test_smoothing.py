@@ -166,19 +166,20 @@ def test_inverse_zoom_recovers_a_linear_map_where_the_view_sees_it(dims):
 
 
 @pytest.mark.parametrize("name", sorted(volcam.METHODS))
-def test_every_method_with_both_smoothings_restores_the_model_and_batches(name):
-    model = Pyramid.pair()[1]
+def test_every_method_with_both_smoothings_restores_the_model_and_batches(name, device):
+    model = Pyramid.pair()[1].to(device)
     before = model_state(model)
     kw = {"batch_size": 8} if name in ("scorecam", "ablationcam") else {}
     cam = volcam.get_method(name)(model, "down", **kw)
-    x = torch.randn(2, 1, 2, 8, 8)
+    x = torch.randn(2, 1, 2, 8, 8, device=device)
     aug = AugSmooth(flips=[(2,)], scales=(1.0, 1.1))  # 4 views
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FullGrad: eigen_smooth does not apply
         both = cam(x, targets=1, aug_smooth=aug, eigen_smooth=True)
         single = torch.cat([cam(x[i : i + 1], targets=1, aug_smooth=aug, eigen_smooth=True) for i in range(2)])
     assert torch.allclose(both, single, atol=1e-5)
-    assert both.shape == x.shape and float(both.min()) >= 0 and float(both.max()) <= 1
+    assert both.shape == x.shape and both.device == x.device
+    assert float(both.min()) >= 0 and float(both.max()) <= 1
     assert_same_state(before, model_state(model))
     with pytest.raises(RuntimeError, match="target failed"):
         cam(x, targets=lambda out: (_ for _ in ()).throw(RuntimeError("target failed")), aug_smooth=True)
