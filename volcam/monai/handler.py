@@ -23,6 +23,7 @@ The engine is left exactly as it was (see :class:`CAMHandler`). ignite is import
 from __future__ import annotations
 
 import logging
+import warnings
 from copy import deepcopy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -135,10 +136,13 @@ class CAMHandler:
             layers; see :class:`volcam.BaseCAM`.
         method_args: other keyword arguments of the method (``relu``, ``normalize``,
             ``batch_size`` for ScoreCAM, ...).
-        transform: the invertible preprocessing (``Compose`` of the evaluator's dataset);
-            when given, the heat NIfTI is taken back onto the source image's grid.
-            Without it, it is written on the network input's grid with its affine (the
-            source affine when the pipeline has no spatial transform).
+        transform: the invertible preprocessing (``Compose`` of the evaluator's dataset).
+            When the network's input is on the source scan's grid (no spatial
+            preprocessing), ``heat.nii.gz`` is written with the image's affine and this is
+            not needed. Otherwise ``transform`` takes the heat back onto the scan's grid
+            (``volcam.io.invert_to_source``); without it, ``heat_preprocessed.nii.gz`` is
+            written on the network's grid, with a warning.
+        image_key: the image's key in a dictionary ``transform``.
         eval_mode: compute the CAM with the network in eval mode (deterministic, batch
             norm with running statistics); the mode is restored afterwards either way.
         network: the module to explain; default ``engine.network``.
@@ -175,6 +179,7 @@ class CAMHandler:
         reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
         method_args: dict | None = None,
         transform: Callable | None = None,
+        image_key: str = CommonKeys.IMAGE,
         eval_mode: bool = True,
         network: nn.Module | None = None,
         summary_writer: Any = None,
@@ -217,6 +222,7 @@ class CAMHandler:
         self.cam_args = dict(layer_output=layer_output, model_output=model_output, reshape=reshape)
         self.cam_args.update(method_args or {})
         self.transform = transform
+        self.image_key = image_key
         self.eval_mode = bool(eval_mode)
         self.network = network
         self.summary_writer = summary_writer
@@ -229,6 +235,7 @@ class CAMHandler:
         #: per case written in the current epoch: ``{case: {"dir": Path, "nifti": Path, ...}}``
         self.written: dict[str, dict[str, Any]] = {}
         self._epoch: int | None = None
+        self._warned = False
         self._count = 0
 
     # ------------------------------------------------------------------ ignite
@@ -327,22 +334,25 @@ class CAMHandler:
     def _export(
         self, engine: Any, epoch: int, name: str, image: torch.Tensor, heat: torch.Tensor, label: torch.Tensor | None
     ) -> dict[str, Any]:
-        """Write one case: ``heat`` ``[1, *S]`` on the grid of ``image`` ``[C, *S]``."""
+        """Write one case: ``heat`` ``[1, *S]`` on the grid of ``image`` ``[C, *S]`` (both on the CPU)."""
         case_dir = self.output_dir / f"epoch_{epoch:04d}" / name
         written: dict[str, Any] = {"dir": case_dir}
         if not self.exports and self.summary_writer is None:
             return written
         image = image.detach().cpu()
-        affine = _affine(image, len(heat.shape) - 1)
-        heat_mt = _with_meta(heat, image)
+        affine = _affine(image)
+        if affine is None and not self._warned:
+            self._warned = True
+            warnings.warn(
+                "the batch images carry no affine (they are not MetaTensors); the CAMs are written "
+                "with an identity affine and will not overlay the scans in a viewer",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if affine is None:
+            affine = torch.eye(4, dtype=torch.float64)
         if "nifti" in self.exports:
-            from volcam import io as vio
-
-            if self.transform is not None and getattr(image, "applied_operations", None):
-                source = vio.invert_to_source(heat_mt, image, self.transform)
-                written["nifti"] = vio.save_heat(source, case_dir / "heat.nii.gz")
-            else:
-                written["nifti"] = vio.save_heat(heat_mt, case_dir / "heat.nii.gz", affine=affine)
+            written["nifti"] = self._write_nifti(image, heat, affine, case_dir)
         volume = plain(image)[0].float()
         heat_volume = heat[0].float()
         mask = None
@@ -351,16 +361,18 @@ class CAMHandler:
         if "png" in self.exports or "figure" in self.exports:
             from volcam import figures
 
+            axis = "axial" if volume.ndim == 3 else None
             if "png" in self.exports:
                 written["png"] = figures.save_slice_pngs(
-                    volume, heat_volume, case_dir / "slices", affine=affine, mask=mask, **self.png_args
+                    volume, heat_volume, case_dir / "slices", affine=affine, mask=mask,
+                    **{"axis": axis, **self.png_args},
                 )
             if "figure" in self.exports:
-                fig = figures.mosaic(volume, heat_volume, affine=affine, **{"select": "hottest", **self.figure_args})
-                try:
-                    written["figure"] = figures.save_figure(fig, case_dir / "figure.png")
-                finally:
-                    _close(fig)
+                fig = figures.mosaic(
+                    volume, heat_volume, affine=affine, mask=mask,
+                    **{"axis": axis, "select": "hottest", "title": f"{name}, epoch {epoch}", **self.figure_args},
+                )
+                written["figure"] = figures.save_figure(fig, case_dir / "figure.png")
         if self.summary_writer is not None:
             from monai.visualize import plot_2d_or_3d_image
 
@@ -370,28 +382,75 @@ class CAMHandler:
         self.logger.info(f"CAMHandler: epoch {epoch}, case {name!r} -> {case_dir}")
         return written
 
+    def _write_nifti(self, image: torch.Tensor, heat: torch.Tensor, affine: torch.Tensor, case_dir: Path) -> Path:
+        """``heat.nii.gz`` on the source scan's grid (as is when the network saw that grid,
+        else through the inverse of ``transform``); without ``transform``,
+        ``heat_preprocessed.nii.gz`` on the grid the network saw."""
+        from monai.data import MetaTensor
 
-def _affine(image: torch.Tensor, spatial: int) -> torch.Tensor:
-    affine = getattr(image, "affine", None)
-    if affine is None:
-        return torch.eye(4, dtype=torch.float64)
-    return plain(affine).detach().cpu().to(torch.float64)
+        from volcam import io as vio
+
+        raw = not getattr(self.cam, "normalize", True)
+        if not isinstance(image, MetaTensor):
+            return vio.save_heat(heat, case_dir / "heat.nii.gz", affine=affine, raw=raw)
+        if _on_source_grid(image):
+            return vio.save_heat(_with_meta(heat, image), case_dir / "heat.nii.gz", raw=raw)
+        if self.transform is not None:
+            if _is_dict_transform(self.transform):
+                source = vio.invert_to_source(heat, {self.image_key: image}, self.transform, key=self.image_key)
+            else:
+                source = vio.invert_to_source(heat, image, self.transform)
+            return vio.save_heat(source, case_dir / "heat.nii.gz", raw=raw)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                "the network input is not on the source scan's grid (the preprocessing resampled, cropped "
+                "or reoriented it); the CAMs are written on the network's grid as heat_preprocessed.nii.gz. "
+                "Pass the preprocessing as `transform=` to write them on the scan's grid",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return vio.save_heat_preprocessed(heat, image, case_dir / "heat_preprocessed.nii.gz", raw=raw)
 
 
-def _with_meta(heat: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """``heat`` as a MetaTensor carrying the image's metadata and applied operations (so
-    MONAI can invert the preprocessing on it)."""
+def _affine(image: torch.Tensor) -> torch.Tensor | None:
     from monai.data import MetaTensor
 
     if not isinstance(image, MetaTensor):
-        return MetaTensor(heat)
+        return None
+    return plain(image.affine).detach().cpu().to(torch.float64)
+
+
+def _on_source_grid(image: torch.Tensor) -> bool:
+    """Whether a case lies on its source scan's grid: same spatial shape and affine as
+    recorded by the loader (``spatial_shape``, ``original_affine``); True when unknown."""
+    import numpy as np
+
+    meta = image.meta
+    shape, original = meta.get("spatial_shape"), meta.get("original_affine")
+    if shape is not None and tuple(int(s) for s in np.asarray(shape).reshape(-1)) != tuple(image.shape[1:]):
+        return False
+    if original is not None:
+        original = np.asarray(plain(torch.as_tensor(original)).cpu(), dtype=np.float64)
+        current = np.asarray(plain(image.affine).cpu(), dtype=np.float64)
+        if original.shape != current.shape or not np.allclose(original, current, atol=1e-4):
+            return False
+    return True
+
+
+def _is_dict_transform(transform: Any) -> bool:
+    from monai.transforms import Compose, MapTransform
+
+    if isinstance(transform, Compose):
+        return any(isinstance(t, MapTransform) for t in transform.flatten().transforms)
+    return isinstance(transform, MapTransform)
+
+
+def _with_meta(heat: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """``heat`` as a MetaTensor carrying the image's metadata (affine, header codes, file name)."""
+    from monai.data import MetaTensor
+
     return MetaTensor(heat, meta=deepcopy(image.meta), applied_operations=deepcopy(image.applied_operations))
-
-
-def _close(fig: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 def _jet(h: torch.Tensor) -> torch.Tensor:
