@@ -180,6 +180,54 @@ def test_two_dimensional_cases_export(tmp_path):
     assert (case_dir / "figure.png").exists()
 
 
+class ImageRecorder:
+    """Has the one SummaryWriter method that plot_2d_or_3d_image calls for a 2D RGB image."""
+
+    def __init__(self):
+        self.images = []
+
+    def add_image(self, tag, data, step, dataformats="CHW"):
+        self.images.append((tag, np.asarray(data), step, dataformats))
+
+
+def test_tensorboard_overlay_through_monai_plot_helper(tmp_path):
+    net = tiny_unet()
+    image = torch.zeros(1, 16, 16, 16)
+    image[0, 4:8, 4:8, 4:8] = 1.0
+    from monai.data import MetaTensor
+
+    batch = [{"image": MetaTensor(image, meta={"filename_or_obj": "scan.nii.gz"})}]
+    writer = ImageRecorder()
+    handler = CAMHandler(target_layers=LAYER, output_dir=tmp_path, exports=(), summary_writer=writer, tag="cams")
+    rec_heat = []
+    original = CAMHandler._export
+
+    def export(engine, epoch, name, image, heat, label):
+        rec_heat.append(heat)
+        return original(handler, engine, epoch, name, image, heat, label)
+
+    handler._export = export
+    handler(_fake_engine(net, batch, [{}], epoch=3))
+    ((tag, data, step, formats),) = writer.images
+    assert (tag, step, formats) == ("cams/scan_CHW", 3, "CHW")
+    heat = rec_heat[0][0]
+    k = int(heat.flatten().argmax()) % 16  # the slice through the hottest voxel, last axis
+    assert data.shape == (3, 16, 16)
+    torch.testing.assert_close(torch.as_tensor(data), overlay(image[0][..., k], heat[..., k]))
+
+
+def test_tensorboard_summary_writer(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from torch.utils.tensorboard import SummaryWriter
+
+    net = tiny_unet(dims=2)
+    batch, output = _decollated_batch(n=1)
+    with SummaryWriter(log_dir=str(tmp_path / "tb")) as writer:
+        handler = CAMHandler(target_layers=LAYER, output_dir=tmp_path / "out", exports=(), summary_writer=writer)
+        handler(_fake_engine(net, batch, output))
+    assert any((tmp_path / "tb").iterdir())
+
+
 # --------------------------------------------------------------------------- trainer
 def _train(cases, extra_handlers=(), epochs: int = 2) -> dict:
     set_determinism(seed=0)
