@@ -350,6 +350,35 @@ def test_call_leaves_engine_state_untouched(tmp_path):
     assert random.getstate() == before["rng"][2]
 
 
+def test_every_n_epochs_and_max_cases_across_batches(tmp_path):
+    net = tiny_unet(dims=2)
+    handler = CAMHandler(target_layers=LAYER, output_dir=tmp_path, exports=(), every_n_epochs=2, max_cases=3)
+    rec = Recorder(handler)
+    for epoch in (1, 2, 3, 4):
+        for it in range(3):  # three batches of two cases per epoch
+            batch, output = _decollated_batch(n=2, seed=10 * epoch + it)
+            handler(_fake_engine(net, batch, output, epoch=epoch))
+    # epochs 2 and 4 only; the first three cases: both of the first batch, one of the second
+    assert [(c[0], c[1]) for c in rec.calls] == [(e, n) for e in (2, 4) for n in ("img0", "img1", "img0_002")]
+    batch, _ = _decollated_batch(n=2, seed=40)
+    torch.testing.assert_close(rec.calls[3][2], batch[0]["image"])
+
+
+@pytest.mark.cuda
+def test_cuda_network_and_random_state(tmp_path):
+    net = tiny_unet(dims=2, dropout=0.5).cuda().train()
+    batch, output = _decollated_batch(n=2)
+    cuda_rng, cpu_rng = torch.cuda.get_rng_state(), torch.get_rng_state()
+    handler = CAMHandler(target_layers=LAYER, output_dir=tmp_path, exports="nifti", eval_mode=False)
+    handler(_fake_engine(net, batch, output))
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_rng) and torch.equal(torch.get_rng_state(), cpu_rng)
+    assert hook_count(net) == 0 and net.training
+    heat = nib.load(tmp_path / "epoch_0001" / "img0" / "heat.nii.gz").get_fdata(dtype=np.float32)
+    cpu_net = copy.deepcopy(net).cpu().eval()
+    expected = volcam.GradCAM(cpu_net, LAYER)(batch[0]["image"].as_tensor()[None])[0, 0].numpy()
+    np.testing.assert_allclose(heat, expected, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- memory
 def _live_tensors() -> int:
     with warnings.catch_warnings():
@@ -448,6 +477,8 @@ def test_missing_ignite_is_a_clear_error(monkeypatch, tmp_path):
         ({"max_cases": -1}, ConfigError, "`max_cases` must be a positive int or None, not -1"),
         ({"exports": ("nifti", "gif")}, ConfigError, r"`exports` must be a subset of \['nifti', 'png', 'figure'\]"),
         ({"batch_transform": "image"}, ConfigError, "`batch_transform` must be a callable, not 'image'"),
+        ({"targets": [1, 2]}, ConfigError, "`targets` must be None, an int or a target callable"),
+        ({"method_args": {"upsample": False}}, ConfigError, "`method_args` must not set upsample=False"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):

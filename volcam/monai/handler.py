@@ -205,6 +205,18 @@ class CAMHandler:
         unknown = [e for e in exports if e not in EXPORTS]
         if unknown:
             raise ConfigError(f"`exports` must be a subset of {list(EXPORTS)}, not {list(exports)}", key="exports")
+        if isinstance(targets, (list, tuple)):
+            raise ConfigError(
+                "`targets` must be None, an int or a target callable (applied to every case), not a "
+                f"{type(targets).__name__}: the cases of a batch are not known in advance",
+                key="targets",
+            )
+        if (method_args or {}).get("upsample", True) is False:
+            raise ConfigError(
+                "`method_args` must not set upsample=False, not {'upsample': False}: the handler writes "
+                "heat volumes on the image's grid",
+                key="method_args",
+            )
         for arg, value in (("batch_transform", batch_transform), ("output_transform", output_transform)):
             if not callable(value):
                 raise ConfigError(f"`{arg}` must be a callable, not {value!r}", key=arg)
