@@ -11,10 +11,14 @@ engine's network and batch, computes the CAMs of the cases it still needs (at mo
 ``max_cases`` per epoch) with one :meth:`~volcam.BaseCAM.explain` call, and writes, per
 case, into ``output_dir/epoch_NNNN/<case>/``:
 
-- ``heat.nii.gz``: the heat volume with the image's affine (taken back to the source grid
-  when the preprocessing ``transform`` is given),
-- ``slices/``: one PNG overlay per slice,
+- ``heat.nii.gz``: the heat volume on the scan's grid, with the scan's affine (through the
+  inverse of the preprocessing ``transform`` when the network saw a resampled or cropped
+  grid; without ``transform`` such a case gets ``heat_preprocessed.nii.gz`` on the
+  network's grid instead),
+- ``slices/``: one PNG overlay per axial slice (with the label's outline when there is one),
 - ``figure.png``: a mosaic of the hottest slices.
+
+An RGB overlay per case can also go to TensorBoard (``summary_writer``).
 
 The engine is left exactly as it was (see :class:`CAMHandler`). ignite is imported through
 ``monai.utils.optional_import``; only :meth:`CAMHandler.attach` needs it.
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
 else:
     Engine = Any
 
-__all__ = ["CAMHandler", "default_batch_transform", "default_output_transform", "EXPORTS"]
+__all__ = ["CAMHandler", "default_batch_transform", "default_output_transform", "overlay", "EXPORTS"]
 
 #: what the handler can write per case
 EXPORTS = ("nifti", "png", "figure")
@@ -78,9 +82,8 @@ def default_batch_transform(batch: Any) -> Any:
             return [b[key] for b in batch]
         if isinstance(first, (list, tuple)):  # decollated (image, label) pairs
             return [b[0] for b in batch]
-        if isinstance(first, torch.Tensor) and first.ndim >= 3 and len(batch) == 2:
-            return first  # an (image [B, C, *S], label) pair
-        return list(batch)
+        if isinstance(first, torch.Tensor):
+            return first  # an (image [B, C, *S], label) pair, as MONAI's default_prepare_batch reads it
     return batch
 
 
