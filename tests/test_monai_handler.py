@@ -534,3 +534,16 @@ def test_default_batch_transform_shapes():
     labels = [{"label": torch.zeros(1, 4, 4)}, {"label": torch.ones(1, 4, 4)}]
     assert default_output_transform(labels)[0] is labels[0]["label"]
     assert default_output_transform([{"label": b[0]}, {"pred": b[1]}]) is None
+
+
+@pytest.mark.parametrize("method", sorted(volcam.METHODS))
+def test_every_registered_method_by_name(tmp_path, method):
+    net = tiny_unet(dims=2).eval()
+    batch, output = _decollated_batch(n=2)
+    handler = CAMHandler(target_layers=LAYER, method=method, targets=1, output_dir=tmp_path, exports=())
+    rec = Recorder(handler)
+    handler(_fake_engine(net, batch, output))
+    assert hook_count(net) == 0 and type(handler.cam) is volcam.METHODS[method]
+    x = torch.stack([b["image"].as_tensor() for b in batch])
+    expected = volcam.get_method(method)(net, LAYER)(x, targets=1)
+    torch.testing.assert_close(torch.stack([c[3] for c in rec.calls]), expected, rtol=1e-5, atol=1e-6)
