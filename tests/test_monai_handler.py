@@ -30,7 +30,6 @@ from volcam.monai import CAMHandler, overlay  # noqa: E402
 
 from helpers import hook_count  # noqa: E402
 
-ROOT = Path(__file__).parents[1]
 LAYER = "model.1.submodule"
 # voxel sizes 1.5/2/2.5 mm, a flip of the first axis and a shift: not the identity
 AFFINE = np.array([[-1.5, 0.0, 0.0, 10.0], [0.0, 2.0, 0.0, -20.0], [0.0, 0.0, 2.5, 5.0], [0.0, 0.0, 0.0, 1.0]])
