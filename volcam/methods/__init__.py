@@ -5,12 +5,15 @@ from __future__ import annotations
 import difflib
 
 from volcam.errors import MethodNotFoundError
+from volcam.methods.ablationcam import AblationCAM
 from volcam.methods.base import BaseCAM, CAMResult, LayerContext
 from volcam.methods.eigencam import EigenCAM, EigenGradCAM
+from volcam.methods.fullgrad import FullGrad
 from volcam.methods.gradcam import GradCAM
 from volcam.methods.gradcam_plusplus import GradCAMPlusPlus
 from volcam.methods.hirescam import HiResCAM
 from volcam.methods.layercam import LayerCAM
+from volcam.methods.rollout import AttentionRollout
 from volcam.methods.scorecam import ScoreCAM
 from volcam.methods.xgradcam import XGradCAM
 
@@ -26,7 +29,11 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "ScoreCAM",
+    "AblationCAM",
+    "FullGrad",
+    "AttentionRollout",
     "METHODS",
+    "ATTENTION_METHODS",
     "get_method",
     "register_method",
 ]
@@ -41,9 +48,22 @@ METHODS: dict[str, type[BaseCAM]] = {
     "eigencam": EigenCAM,
     "eigengradcam": EigenGradCAM,
     "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "fullgrad": FullGrad,
 }
 
-_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
+#: name -> method reading the attention matrices of transformer blocks instead of a layer's
+#: activations. They need a model with self-attention blocks, so they are kept apart from
+#: METHODS, every entry of which works on any convolutional target layer.
+ATTENTION_METHODS: dict[str, type[BaseCAM]] = {
+    "rollout": AttentionRollout,
+}
+
+_ALIASES = {
+    "gradcampp": "gradcam++",
+    "gradcamplusplus": "gradcam++",
+    "attentionrollout": "rollout",
+}
 
 
 def register_method(name: str, cls: type[BaseCAM]) -> None:
@@ -54,15 +74,17 @@ def register_method(name: str, cls: type[BaseCAM]) -> None:
 
 
 def get_method(name: str) -> type[BaseCAM]:
-    """The method class registered under ``name`` (case, '-' and '_' ignored).
+    """The method class registered under ``name`` (case, '-' and '_' ignored), in
+    :data:`METHODS` or :data:`ATTENTION_METHODS`.
 
     Raises:
         MethodNotFoundError: with the closest registered names.
     """
     key = str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
     key = _ALIASES.get(key, key)
-    if key in METHODS:
-        return METHODS[key]
-    close = difflib.get_close_matches(key, list(METHODS), n=3, cutoff=0.5)
+    known = {**METHODS, **ATTENTION_METHODS}
+    if key in known:
+        return known[key]
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise MethodNotFoundError(f"`method` must be one of {sorted(METHODS)}, not {name!r}{hint}")
+    raise MethodNotFoundError(f"`method` must be one of {sorted(known)}, not {name!r}{hint}")

@@ -63,6 +63,8 @@ class LayerContext:
         scorer: the bound target: ``scorer(output, rows) -> [N]`` where ``rows[i]`` is the
             sample whose category/mask applies to row ``i``.
         scores: ``[B]`` the scores of the unperturbed input.
+        eigen_smooth: whether :meth:`BaseCAM.reduce_channels` takes the first principal
+            component of the weighted channels instead of their sum.
     """
 
     name: str
@@ -70,6 +72,7 @@ class LayerContext:
     forward: Callable[[torch.Tensor], torch.Tensor]
     scorer: Any
     scores: torch.Tensor
+    eigen_smooth: bool = False
 
 
 class BaseCAM:
@@ -91,6 +94,9 @@ class BaseCAM:
         relu: apply ReLU to each layer's map (the CAM convention: keep positive evidence).
         normalize: min-max normalise each sample to [0, 1].
         upsample: resize to the input's spatial size (N-linear, ``align_corners=False``).
+        aug_smooth: default of :meth:`explain`'s ``aug_smooth``: False, True, or a
+            :class:`volcam.smoothing.AugSmooth` with the flips and zooms to average over.
+        eigen_smooth: default of :meth:`explain`'s ``eigen_smooth``.
     """
 
     #: whether the method needs gradients of the score with respect to the activations
@@ -109,6 +115,8 @@ class BaseCAM:
         relu: bool = True,
         normalize: bool = True,
         upsample: bool = True,
+        aug_smooth: Any = False,
+        eigen_smooth: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, not {type(model).__name__}")
@@ -122,6 +130,8 @@ class BaseCAM:
         self.relu = relu
         self.normalize = normalize
         self.upsample = upsample
+        self.aug_smooth = aug_smooth
+        self.eigen_smooth = bool(eigen_smooth)
 
     def __repr__(self) -> str:
         names = [n for n, _ in self.layers]
@@ -137,12 +147,28 @@ class BaseCAM:
         sum of the activation channels with :meth:`weights`."""
         w = self.weights(activations, grads)
         w = w.reshape(*w.shape, *([1] * (activations.ndim - 2)))
-        return (w * activations).sum(1, keepdim=True)
+        return self.reduce_channels(w * activations, ctx)
+
+    def reduce_channels(self, weighted: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        """``[B, K, *S] -> [B, 1, *S]``: the sum of the weighted channels or, with
+        ``ctx.eigen_smooth``, their first principal component (sign following the sum)."""
+        if ctx.eigen_smooth:
+            from volcam.methods.eigencam import first_principal_component  # eigencam builds on this module
+
+            return first_principal_component(weighted)
+        return weighted.sum(1, keepdim=True)
+
+    def combine_layers(self, maps: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The heat ``[B, 1, *S]`` from the raw per-layer maps: upsampled to ``x``'s size,
+        normalised and averaged (as set by ``upsample`` and ``normalize``)."""
+        return aggregate(maps, x.shape[2:] if self.upsample else None, normalize_maps=self.normalize)
 
     # ------------------------------------------------------------------ engine
-    def __call__(self, x: torch.Tensor, targets: TargetSpec = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, targets: TargetSpec = None, *, aug_smooth: Any = None, eigen_smooth: bool | None = None
+    ) -> torch.Tensor:
         """The heat map ``[B, 1, *S]`` of ``x`` (``[B, C, *S]``); see :meth:`explain`."""
-        return self.explain(x, targets).heat
+        return self.explain(x, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth).heat
 
     def _check_input(self, x: Any) -> None:
         if not isinstance(x, torch.Tensor):
@@ -174,7 +200,9 @@ class BaseCAM:
             )
         return t
 
-    def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> CAMResult:
+    def explain(
+        self, x: torch.Tensor, targets: TargetSpec = None, *, aug_smooth: Any = None, eigen_smooth: bool | None = None
+    ) -> CAMResult:
         """Compute the CAM of ``x`` for ``targets`` with one forward (and one partial backward) pass.
 
         Args:
@@ -183,11 +211,26 @@ class BaseCAM:
                 volume), an int class, a target callable ``output -> [B]``
                 (:class:`~volcam.SegmentationTarget`, :class:`~volcam.ClassifierTarget`, ...),
                 or a list of those, one per sample.
+            aug_smooth: average the maps of flipped and zoomed copies of ``x``, each taken
+                back through the inverse transform (True, or a :class:`volcam.smoothing.AugSmooth`);
+                all copies go through one batched call. None: the constructor's setting.
+            eigen_smooth: replace the sum of the weighted channels by their first principal
+                component. None: the constructor's setting.
 
         Returns:
             :class:`CAMResult` with ``heat`` ``[B, 1, *S]`` on ``x.device``.
         """
         self._check_input(x)
+        aug_smooth = self.aug_smooth if aug_smooth is None else aug_smooth
+        eigen_smooth = self.eigen_smooth if eigen_smooth is None else bool(eigen_smooth)
+        if aug_smooth:
+            from volcam.smoothing import explain_augmented  # smoothing builds on this module
+
+            return explain_augmented(self, x, targets, aug_smooth, eigen_smooth=eigen_smooth)
+        return self._explain(x, targets, eigen_smooth)
+
+    def _explain(self, x: torch.Tensor, targets: TargetSpec, eigen_smooth: bool) -> CAMResult:
+        """One un-augmented computation (what :meth:`explain` runs)."""
         grad_mode = torch.enable_grad() if self.needs_gradients else torch.no_grad()
         with capture(
             self.model, self.layers, layer_output=self.layer_output, track_gradients=self.needs_gradients
@@ -217,11 +260,18 @@ class BaseCAM:
                 for (name, _), a, g in zip(self.layers, activations, grads):
                     a = self._to_spatial(name, a.detach(), x).float()
                     g = self._to_spatial(name, g, x).float() if g is not None else None
-                    ctx = LayerContext(name=name, x=x, forward=forward, scorer=scorer, scores=scores.detach())
+                    ctx = LayerContext(
+                        name=name,
+                        x=x,
+                        forward=forward,
+                        scorer=scorer,
+                        scores=scores.detach(),
+                        eigen_smooth=eigen_smooth,
+                    )
                     m = self.combine(a, g, ctx).float()
                     maps.append(F.relu(m) if self.relu else m)
         with torch.no_grad():
-            heat = aggregate(maps, x.shape[2:] if self.upsample else None, normalize_maps=self.normalize)
+            heat = self.combine_layers(maps, x)
         warn_empty(scorer)
         return CAMResult(
             heat=heat,

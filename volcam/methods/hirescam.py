@@ -22,4 +22,4 @@ class HiResCAM(BaseCAM):
     name = "hirescam"
 
     def combine(self, activations: torch.Tensor, grads: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
-        return (grads * activations).sum(1, keepdim=True)
+        return self.reduce_channels(grads * activations, ctx)

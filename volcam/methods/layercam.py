@@ -23,4 +23,4 @@ class LayerCAM(BaseCAM):
     name = "layercam"
 
     def combine(self, activations: torch.Tensor, grads: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
-        return (F.relu(grads) * activations).sum(1, keepdim=True)
+        return self.reduce_channels(F.relu(grads) * activations, ctx)

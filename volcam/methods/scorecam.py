@@ -57,4 +57,4 @@ class ScoreCAM(BaseCAM):
             out = ctx.forward(x[rows[start:stop]] * masks)
             scores[start:stop] = ctx.scorer(out, rows[start:stop])
         w = (scores - baseline[rows]).view(b, k, *([1] * (activations.ndim - 2)))
-        return (w * activations).sum(1, keepdim=True)
+        return self.reduce_channels(w * activations, ctx)
