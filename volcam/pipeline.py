@@ -502,11 +502,13 @@ def run_cases(
             results[i] = CaseResult(case, "skipped", rows)
         else:
             todo.append(i)
-        staging = runner.out / STAGING
-        pattern = re.compile(re.escape(case.id) + r"\.\d+")
-        for leftover in staging.iterdir() if staging.is_dir() else ():
-            if pattern.fullmatch(leftover.name):  # an interrupted earlier attempt at this case
-                shutil.rmtree(leftover, ignore_errors=True)
+    # staged files of interrupted earlier attempts at these cases (named <case>.<pid>)
+    ids = {case.id for case in cases}
+    staging = runner.out / STAGING
+    for leftover in staging.iterdir() if staging.is_dir() else ():
+        match = re.fullmatch(r"(.+)\.\d+", leftover.name)
+        if match and match.group(1) in ids:
+            shutil.rmtree(leftover, ignore_errors=True)
 
     bar = tqdm(total=len(cases), unit="case", disable=quiet, file=sys.stderr, dynamic_ncols=True)
     write = log or (lambda line: tqdm.write(line, file=sys.stdout))
@@ -519,13 +521,13 @@ def run_cases(
         head = f"[{i + 1:>{width}}/{len(cases)}] {res.case.id}"
         if res.status == "failed":
             write(f"{head}  FAILED  {res.error}")
-        elif res.status == "skipped":
-            write(f"{head}  skipped (outputs complete)")
         else:
             write(f"{head}  ok  {res.seconds:.1f} s  " + " | ".join(_format_row(r) for r in res.rows))
 
-    for i in sorted(results):
-        report(i, results[i])
+    if results:  # complete from an earlier run: one line for all of them
+        bar.update(len(results))
+        if not quiet:
+            write(f"{len(results)} of {len(cases)} case(s) already complete, skipped (--overwrite redoes them)")
     if todo:
         workers = runner.config["data.num_workers"] if num_workers is None else num_workers
         dataset = CaseDataset([cases[i] for i in todo], runner.pre, runner.config.spatial_dims,
