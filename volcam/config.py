@@ -134,10 +134,6 @@ def _did_you_mean(name: str, options) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _key(*parts) -> str:
-    return ".".join(str(p) for p in parts)
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``"key=value"`` into a MONAI config id (``a::b``) and a YAML-parsed value.
 
