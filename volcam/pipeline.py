@@ -246,6 +246,8 @@ class Runner:
         self.pre = config.build_preprocessing()
         self.model = config.build_network().to(self.device)
         self.cam = config.build_cam(self.model, normalize=not self.outputs["raw_heat"])
+        #: extra entries of every case record (a distributed run notes the rank that wrote it)
+        self.record_info: dict = {}
 
     # ---- what a complete case looks like
     def declared(self) -> dict:
@@ -350,7 +352,7 @@ class Runner:
             record = {
                 "case": case.id, "image": str(case.image), "label": str(case.label) if case.label else None,
                 "declared": self.declared(), "files": files, "rows": rows,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.record_info,
             }
             tmp = stage / (RECORD_NAME + ".tmp")
             tmp.write_text(json.dumps(record, indent=1, default=_json_default))
@@ -437,6 +439,7 @@ def run_cases(
     num_workers: int | None = None,
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    on_result: Callable[[int, CaseResult], None] | None = None,
 ) -> list[CaseResult]:
     """Process ``cases`` in order and return one :class:`CaseResult` per case.
 
@@ -445,7 +448,7 @@ def run_cases(
     (default ``data.num_workers``) while the previous case is computed. A case that fails
     (unreadable file, wrong shape, non-finite values, out of memory, ...) is recorded with
     its reason and the loop goes on. A progress bar and one log line per case are shown
-    unless ``quiet``.
+    unless ``quiet``. ``on_result(i, result)`` is called as each case ends, quiet or not.
     """
     from monai.data import DataLoader
     from tqdm.auto import tqdm
@@ -470,6 +473,8 @@ def run_cases(
 
     def report(i: int, res: CaseResult) -> None:
         bar.update(1)
+        if on_result is not None:
+            on_result(i, res)
         if quiet:
             return
         head = f"[{i + 1:>{width}}/{len(cases)}] {res.case.id}"
@@ -564,8 +569,13 @@ def run(config: RunConfig | str | os.PathLike, *, overrides: Sequence[str] = (),
         overwrite: bool = False, quiet: bool = False) -> int:
     """Run a config over its dataset; return the exit status (0: every case ok, 1: some failed).
 
-    Writes ``<outputs.dir>/summary.csv`` with one row per case and class.
+    Writes ``<outputs.dir>/summary.csv`` with one row per case and class. Under ``torchrun``
+    the cases are shared among the processes (see :mod:`volcam.distributed`).
     """
+    from volcam import distributed
+
+    if distributed.detect() is not None:  # started by torchrun (or srun + torchrun): shard the cases
+        return distributed.run(config, overrides=overrides, output=output, overwrite=overwrite, quiet=quiet)
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
     cases = config.list_cases()
