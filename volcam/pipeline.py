@@ -147,11 +147,9 @@ def load_case(case: Case, pre, spatial_dims: int, *, need_label: bool = False) -
     try:
         loaded = loading(data)
     except Exception as err:
-        raise ImageReadError(
-            f"image and label must be readable image files, not '{case.image}'"
-            + (f" / '{case.label}'" if case.label else "") + f" ({_first_line(err)})",
-            path=case.image,
-        ) from err
+        what = "image and label must be readable image files" if case.label else "image must be a readable image file"
+        files = f"'{case.image}'" + (f" and '{case.label}'" if case.label else "")
+        raise ImageReadError(f"{what}, not {files} ({_first_line(err)})", path=case.image) from err
     source = loaded["image"]
     n_spatial = source.ndim - 1
     if n_spatial != spatial_dims:
