@@ -245,6 +245,6 @@ def test_a_rank_that_dies_ends_the_run_with_a_clear_message(dataset):
     assert proc.returncode != 0
     err = proc.stderr
     assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: 3\b", err)  # the launcher's report
-    assert ("volcam run: rank 0 stopped by SIGTERM from the launcher (another rank failed; see the launcher's "
+    assert ("volcam run: rank 0 stopped by SIGTERM (torchrun sends it to every process when one fails: see its "
             "report). Completed cases are kept: rerun the same command to do the rest.") in err
     assert elapsed < 170

@@ -333,15 +333,15 @@ class Watcher(threading.Thread):
 
 @contextmanager
 def _stop_on_sigterm(rank: int):
-    """Turn the launcher's SIGTERM (sent when another rank failed) into a clear exit."""
+    """Turn a SIGTERM (torchrun's, when another rank failed; or a scheduler's) into a clear exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        print(f"volcam run: rank {rank} stopped by {signal.Signals(signum).name} from the launcher "
-              "(another rank failed; see the launcher's report). Completed cases are kept: "
-              "rerun the same command to do the rest.", file=sys.stderr, flush=True)
+        print(f"volcam run: rank {rank} stopped by {signal.Signals(signum).name} (torchrun sends it to every "
+              "process when one fails: see its report). Completed cases are kept: rerun the same command "
+              "to do the rest.", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -410,16 +410,12 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
         raise DistributedError("volcam.distributed.run must be started by torchrun, not without its environment")
     rank, world = env.rank, env.world_size
     lead = rank == 0
-    try:
-        timeout = timeout_seconds()
-        if not isinstance(config, RunConfig):
-            config = load_config(config, overrides)
-        asked = config.device
-    except VolcamError:
-        if lead:
-            raise
-        return 2  # every rank finds the same error; rank 0 reports it
-    device = rank_device(asked, env.local_rank)  # may differ between ranks: each reports its own
+    # errors before the group is joined are reported by every rank that meets them
+    timeout = timeout_seconds()
+    if not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    asked = config.device
+    device = rank_device(asked, env.local_rank)
     if lead and asked.type == "cuda" and asked.index not in (None, 0):
         warnings.warn(f"device {str(asked)!r} is replaced by cuda:LOCAL_RANK (one GPU per process) under torchrun",
                       stacklevel=2)
@@ -430,12 +426,7 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
         watcher = bar = None
         try:
             reporter.announce()
-            try:
-                runner = Runner(config, output_dir=output, overwrite=overwrite)  # every rank, in parallel
-            except VolcamError:
-                if lead:
-                    raise
-                return 2
+            runner = Runner(config, output_dir=output, overwrite=overwrite)  # every rank, in parallel
             # rank 0 lists the cases and finds those complete: one answer for every rank
             plan: list = [None]
             if lead:
@@ -473,7 +464,7 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
                 def relay(r: int, text: str) -> None:
                     bar.update(1)
                     if not quiet:
-                        tqdm.write(f"[{bar.n:>{width}}/{len(cases)}] {text}" + (f"  (rank {r})"), file=sys.stdout)
+                        tqdm.write(f"[{bar.n:>{width}}/{len(cases)}] {text}  (rank {r})", file=sys.stdout)
 
                 watcher = Watcher(store, world, rank=rank, timeout=timeout, on_line=relay)
                 watcher.start()
@@ -515,6 +506,5 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
     if failed:
         print(f"volcam run: {len(failed)} of {len(cases)} case(s) failed: " + ", ".join(failed)
               + f" (reasons in {summary})", file=sys.stderr, flush=True)
-    if failed:
         _wait_for_siblings(watcher.processes, rank)
     return 1 if failed else 0
