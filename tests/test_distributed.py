@@ -248,3 +248,10 @@ def test_a_rank_that_dies_ends_the_run_with_a_clear_message(dataset):
     assert ("volcam run: rank 0 stopped by SIGTERM (torchrun sends it to every process when one fails: see its "
             "report). Completed cases are kept: rerun the same command to do the rest.") in err
     assert elapsed < 170
+
+
+def test_an_existing_process_group_is_not_taken_over(monkeypatch):
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    with pytest.raises(DistributedError, match="must start its own process group, not find one already initialised"):
+        with distributed.process_group(torch.device("cpu"), 5.0):
+            pass

@@ -184,6 +184,11 @@ def process_group(device: torch.device, timeout: float):
 
     if not dist.is_available():
         raise DistributedError("torch must be built with torch.distributed to run under torchrun, not without it")
+    if dist.is_initialized():
+        raise DistributedError(
+            "volcam run under torchrun must start its own process group, not find one already initialised: "
+            "call volcam.pipeline.run before torch.distributed.init_process_group, or in a separate command"
+        )
     cuda = device.type == "cuda"
     backend = "nccl" if cuda else "gloo"
     limit = timedelta(seconds=timeout)
