@@ -175,7 +175,7 @@ def dataset(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_match_the_single_process_run(dataset):
     """Six cases (one unreadable) over two gloo ranks: each case done once, by one rank; the same heat
-    volumes, PNGs and summary as one process; complete cases (here from the single run) skipped."""
+    volumes, PNGs and summary as one process; complete cases skipped, whichever process wrote them."""
     cfg = config(dataset, outputs=OUTPUTS)
     torch.set_num_threads(1)
     assert pipeline.run(load_config(cfg), quiet=True) == 1  # the corrupt case fails
@@ -230,6 +230,13 @@ def test_torchrun_two_processes_match_the_single_process_run(dataset):
         for r in (r1, r2):
             r["error"] = re.sub(r" at 0x[0-9a-f]+", "", r["error"])  # object addresses in a loader's message
         assert {k: r2[k] for k in same} == {k: r1[k] for k in same}
+
+    # the ranks' records are complete records: a rerun skips every case, whichever rank wrote it
+    written = files_under(shared)
+    assert pipeline.run(load_config(cfg), output=str(shared), quiet=True) == 1
+    assert [r["status"] for r in pipeline.read_summary(shared / "summary.csv")] == ["skipped"] * 10 + ["failed"] * 2
+    assert {k: v for k, v in files_under(shared).items() if k != "summary.csv"} == {
+        k: v for k, v in written.items() if k != "summary.csv"}
 
 
 @pytest.mark.slow
