@@ -232,6 +232,8 @@ def test_bad_options(volume, tmp_path):
         figures.mosaic(image, heat, affine=LAS, convention="left")
     with pytest.raises(ConfigError, match=r"`window` must be \(low, high\) with low < high"):
         figures.mosaic(image, heat, affine=LAS, window=(5, 5))
+    with pytest.raises(ConfigError, match="`cmap` must be a matplotlib colormap .*not 'jett'"):
+        figures.mosaic(image, heat, affine=LAS, cmap="jett")
     with pytest.raises(ConfigError, match="`affine` is needed"):
         figures.mosaic(image, heat)
     with pytest.raises(ValueRangeError, match=r"axial slice index must lie in \[0, 4\], not 7"):
@@ -265,6 +267,13 @@ def test_mosaic_even_and_hottest():
     assert "z = +4.0 mm" in panel_titles(fig)[0]
     fig = figures.mosaic(image, heat, affine=np.eye(4), select=[0, 19], colorbar=False)
     assert len(panel_titles(fig)) == 2 and len(fig.axes) == 2
+
+
+def test_even_slices_span_the_body_not_the_air_around_it():
+    image = np.zeros((8, 8, 20), dtype=np.float32)
+    image[2:6, 2:6, 5:15] = 100.0  # the "body" fills slices 5..14
+    fig = figures.mosaic(image, np.zeros_like(image), affine=np.eye(4), n=4, window=(0, 255))
+    assert [int(t.split()[1]) for t in panel_titles(fig)] == [7, 9, 10, 12]  # linspace(5, 14, 6)[1:-1]
 
 
 def test_mosaic_panels_show_the_overlay(volume):
@@ -355,3 +364,25 @@ def test_colorbar_uses_the_heat_scale():
     bar = figures.add_colorbar(fig, ax, cmap="hot", heat_range=(0.0, 2.5), label="Grad-CAM")
     assert bar.mappable.norm.vmin == 0.0 and bar.mappable.norm.vmax == 2.5
     assert bar.mappable.get_cmap().name == "hot" and bar.ax.get_ylabel() == "Grad-CAM"
+
+
+def test_2d_figures():
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    heat = np.zeros_like(image)
+    heat[2, 1] = 1.0
+    affine = np.diag([0.8, 1.2, 1.0, 1.0])
+    fig = figures.orthogonal_views(image, heat, affine=affine)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title().startswith("axial 0")
+    assert "voxel (2, 1)" in fig._suptitle.get_text()
+    b = figures.browse(image, heat, affine=affine)
+    assert b.index == 0 and not b.slider.ax.get_visible()
+    b.alpha_slider.set_val(1.0)
+    np.testing.assert_array_equal(np.asarray(b.artist.get_array())[4 - 1 - 1, 3 - 1 - 2], JET_TOP)
+
+
+def test_multichannel_image_must_pick_a_channel():
+    from monai.data import MetaTensor
+
+    image = MetaTensor(torch.zeros(2, 4, 4, 4), affine=torch.eye(4, dtype=torch.float64))
+    with pytest.raises(ShapeError, match=r"image must have one channel \(\[1, \*S\]\), not shape \(2, 4, 4, 4\)"):
+        figures.mosaic(image, np.zeros((4, 4, 4)))

@@ -19,9 +19,8 @@ from nibabel.testing import data_path
 from volcam import io
 from volcam.errors import ConfigError, ImageReadError, ShapeError, ValueRangeError
 
-monai_transforms = pytest.importorskip("monai.transforms")
-from monai.data import MetaTensor  # noqa: E402
-from monai.transforms import (  # noqa: E402
+from monai.data import MetaTensor
+from monai.transforms import (
     CenterSpatialCrop,
     Compose,
     CropForegroundd,

@@ -5,9 +5,10 @@ Every view is drawn from the same recipe: the image slice windowed to grey
 ``heat_range``, default [0, 1]) and blended over it wherever the heat exceeds
 ``threshold`` (elsewhere the plain grey image shows), with an opacity that grows with
 the heat up to ``alpha`` (``blend="scaled"``) or is ``alpha`` throughout
-(``blend="constant"``), optionally with the outline of a mask drawn on top. The window is computed once from the whole volume
-(:func:`window_for`), never per slice, so all slices and all figures of one case share
-their grey levels and colours.
+(``blend="constant"``), optionally with the outline of a mask drawn on top. The window
+is computed once from the whole volume (:func:`window_for`), never per slice, so all
+slices and all figures of one case share their grey levels and colours (pass the same
+``window``, ``cmap`` and ``heat_range`` to every call for one case).
 
 Orientation. Axes are named anatomically from the affine (nibabel's ``io_orientation``),
 not by array index: ``"axial"`` slices are perpendicular to the inferior-superior axis,
@@ -54,7 +55,7 @@ import matplotlib.figure
 import nibabel as nib
 import numpy as np
 
-from volcam.errors import ConfigError, ShapeError, ValueRangeError
+from volcam.errors import ConfigError, ValueRangeError
 from volcam.io import _affine_numpy, _is_meta_tensor, _spatial_numpy, _to_numpy, atomic_write
 
 __all__ = [
@@ -160,6 +161,16 @@ def _resolve_range(heat_range: Sequence[float]) -> tuple[float, float]:
     return (lo, hi)
 
 
+def _colormap(cmap: Any):
+    if isinstance(cmap, mcolors.Colormap):
+        return cmap
+    try:
+        return matplotlib.colormaps[cmap]
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"`cmap` must be a matplotlib colormap or its name (e.g. 'jet', 'hot', 'inferno'), "
+                          f"not {cmap!r}", key="cmap") from err
+
+
 def slice_axis(affine: Any, axis: str) -> int:
     """The array axis that an anatomical axis name cuts across, for an image with ``affine``.
 
@@ -216,8 +227,8 @@ class _Case:
             raise ConfigError(f"`alpha` must lie in [0, 1], not {alpha}", key="alpha")
         self.alpha = alpha
         self.threshold = float(threshold)
-        self.blend = _check_choice(blend, ("scaled", "constant"), "blend")
-        self.cmap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+        self.blend_mode = _check_choice(blend, ("scaled", "constant"), "blend")
+        self.cmap = _colormap(cmap)
         self.lut = self.cmap(np.linspace(0.0, 1.0, self.cmap.N))[:, :3].astype(np.float32)
         self.outline_rgb = np.rint(np.asarray(mcolors.to_rgb(outline_color)) * 255.0).astype(np.uint8)
         self._tables: dict = {}
@@ -236,11 +247,22 @@ class _Case:
 
     def plane(self, vol: np.ndarray, a: int, k: int) -> np.ndarray:
         """2D display array of slice k across world axis a (see the module doc)."""
-        s = vol[:, :, k] if a == 2 else vol[:, k, :] if a == 1 else vol[k, :, :]
+        return self.section(np.moveaxis(vol, a, 0)[k], a)
+
+    def section(self, s: np.ndarray, a: int) -> np.ndarray:
+        """A slice across world axis a (the other two canonical axes, in order) -> display."""
         d = s.T[::-1]
         if a == 0 or self.convention == "radiological":
             d = d[:, ::-1]
         return d
+
+    def slab(self, vol: Optional[np.ndarray], a: int, k0: int, k1: int) -> Optional[np.ndarray]:
+        """Slices k0..k1-1 across axis a as one contiguous copy, slice-major. Copying a few
+        neighbouring slices at once reads memory in whole cache lines, where one slice of
+        a (X, Y, Z) array across Z would touch a cache line per voxel."""
+        if vol is None:
+            return None
+        return np.ascontiguousarray(np.moveaxis(vol, a, 0)[k0:k1])
 
     def in_plane_axes(self, a: int) -> tuple[int, int]:
         """(row axis, column axis) of the display, as canonical world axes."""
@@ -283,7 +305,7 @@ class _Case:
         if table is None:
             n = len(self.lut)
             grey = np.linspace(0.0, 1.0, 256, dtype=np.float64)[None, :, None]
-            if self.blend == "scaled":  # opacity grows with the heat: alpha at the top of heat_range
+            if self.blend_mode == "scaled":  # opacity grows with the heat: alpha at the top of heat_range
                 weight = key * np.arange(n, dtype=np.float64) / max(n - 1, 1)
             else:
                 weight = np.full(n, key)
@@ -295,7 +317,13 @@ class _Case:
         return table
 
     def rgb(self, a: int, k: int, alpha: Optional[float] = None) -> np.ndarray:
-        """uint8 [H, W, 3] overlay of slice k across world axis a.
+        """uint8 [H, W, 3] overlay of slice k across world axis a."""
+        mask = None if self.mask is None else self.plane(self.mask, a, k)
+        return self.blend(self.plane(self.image, a, k), self.plane(self.heat, a, k), mask, alpha)
+
+    def blend(self, image2d: np.ndarray, heat2d: np.ndarray, mask2d: Optional[np.ndarray],
+              alpha: Optional[float] = None) -> np.ndarray:
+        """uint8 [H, W, 3] overlay of display-oriented 2D slices.
 
         The grey level (256 steps of the window) and the heat colour index (the
         colormap's N entries, or "not drawn") are computed per pixel; one gather from
@@ -306,7 +334,7 @@ class _Case:
         alpha = self.alpha if alpha is None else float(alpha)
         n = len(self.lut)
         lo, hi = self.window
-        grey = self.plane(self.image, a, k).astype(np.float32)
+        grey = image2d.astype(np.float32)
         grey -= np.float32(lo)
         grey *= np.float32(255.0 / (hi - lo))
         np.clip(grey, 0.0, 255.0, out=grey)
@@ -314,7 +342,7 @@ class _Case:
         grey += 0.5
         code = grey.astype(np.intp)
 
-        h = self.plane(self.heat, a, k).astype(np.float32)
+        h = heat2d.astype(np.float32)
         h_lo, h_hi = self.heat_range
         scaled = (h - np.float32(h_lo)) * np.float32((n - 1) / (h_hi - h_lo))
         np.clip(scaled, 0.0, n - 1, out=scaled)
@@ -323,8 +351,8 @@ class _Case:
         colour_index[~(h > self.threshold)] = n  # includes NaN heat: not drawn
         code += colour_index * 256
         out = np.take(self.blend_table(alpha), code, axis=0)  # [H, W, 3] uint8
-        if self.mask is not None:
-            m = self.plane(self.mask, a, k) > 0
+        if mask2d is not None:
+            m = mask2d > 0
             if m.any():
                 edge = m & ~ndimage.binary_erosion(m, border_value=0)
                 out[edge] = self.outline_rgb
@@ -351,7 +379,21 @@ class _Case:
         if select == "hottest":
             order = np.argsort(-self.slice_scores(a), kind="stable")[:n]
             return sorted(int(k) for k in order)
-        return [int(round(v)) for v in np.linspace(0, size - 1, n + 2)[1:-1]]
+        first, last = self.content_range(a)
+        if n >= last - first + 1:
+            return list(range(first, last + 1))
+        return [int(round(v)) for v in np.linspace(first, last, n + 2)[1:-1]]
+
+    def content_range(self, a: int) -> tuple[int, int]:
+        """First and last slice where the image rises above the bottom of the window
+        (the body, not the air around it); all slices if there is none."""
+        axes = tuple(i for i in range(3) if i != a)
+        with np.errstate(invalid="ignore"):
+            above = np.any(self.image > self.window[0], axis=axes)
+        hits = np.flatnonzero(above)
+        if hits.size == 0:
+            return 0, self.shape[a] - 1
+        return int(hits[0]), int(hits[-1])
 
 
 def _make_case(image, heat, mask, affine, **display) -> _Case:
@@ -420,7 +462,7 @@ def save_slice_pngs(
     out_dir: Union[str, "os.PathLike[str]"],
     *,
     affine: Any = None,
-    axis: Optional[str] = "axial",
+    axis: Optional[str] = None,
     slices: Optional[Sequence[int]] = None,
     window: WindowLike = None,
     cmap: Any = "jet",
@@ -472,14 +514,29 @@ def save_slice_pngs(
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
 
-    def job(item):
-        k, path = item
-        return _write_png(path, case.rgb(a, k), int(compress_level))
+    # jobs of up to 16 neighbouring slices: each copies its slab once (see _Case.slab)
+    jobs, run = [], []
+    for k, path in zip(indices, paths):
+        if run and (k != run[-1][0] + 1 or len(run) == 16):
+            jobs.append(run)
+            run = []
+        run.append((k, path))
+    if run:
+        jobs.append(run)
 
-    if workers <= 1 or len(paths) <= 1:
-        return [job(item) for item in zip(indices, paths)]
+    def job(items):
+        k0, k1 = items[0][0], items[-1][0] + 1
+        img, hm, mk = (case.slab(v, a, k0, k1) for v in (case.image, case.heat, case.mask))
+        written = []
+        for k, path in items:
+            sec = [None if v is None else case.section(v[k - k0], a) for v in (img, hm, mk)]
+            written.append(_write_png(path, case.blend(*sec), int(compress_level)))
+        return written
+
+    if workers <= 1 or len(jobs) <= 1:
+        return [p for items in jobs for p in job(items)]
     with ThreadPoolExecutor(max_workers=int(workers)) as pool:
-        return list(pool.map(job, zip(indices, paths)))
+        return [p for written in pool.map(job, jobs) for p in written]
 
 
 # --------------------------------------------------------------------------- figures
@@ -515,8 +572,7 @@ def add_colorbar(fig, axes, *, cmap: Any = "jet", heat_range: Sequence[float] = 
     from matplotlib.cm import ScalarMappable
 
     lo, hi = _resolve_range(heat_range)
-    mappable = ScalarMappable(norm=mcolors.Normalize(lo, hi),
-                              cmap=matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap)
+    mappable = ScalarMappable(norm=mcolors.Normalize(lo, hi), cmap=_colormap(cmap))
     kwargs.setdefault("fraction", 0.04)
     kwargs.setdefault("pad", 0.02)
     bar = fig.colorbar(mappable, ax=axes, **kwargs)
@@ -546,7 +602,7 @@ def mosaic(
     heat: Any,
     *,
     affine: Any = None,
-    axis: Optional[str] = "axial",
+    axis: Optional[str] = None,
     n: int = 9,
     select: Union[str, Sequence[int]] = "even",
     ncols: Optional[int] = None,
@@ -570,9 +626,12 @@ def mosaic(
     Args:
         image, heat, affine, window, cmap, alpha, threshold, blend, heat_range, mask,
             outline_color, convention: as in :func:`overlay_slice`.
-        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"`` (None: axial for 3D, the
+            image's own plane for 2D).
         n: number of slices.
-        select: ``"even"`` (evenly spaced, ends excluded), ``"hottest"`` (the ``n``
+        select: ``"even"`` (evenly spaced, ends excluded, over the slices where the
+            image rises above the bottom of the window, i.e. not the air around the
+            body), ``"hottest"`` (the ``n``
             slices with the largest summed heat, shown in anatomical order) or an
             explicit list of slice indices.
         ncols: columns of the grid (default about square).
@@ -667,7 +726,8 @@ def orthogonal_views(
 
     Returns:
         The ``Figure``; its title gives the point in world mm and source voxel indices.
-        The three axes are ``fig.axes[:3]`` (axial, coronal, sagittal).
+        The three axes are ``fig.axes[:3]`` (axial, coronal, sagittal); a 2D image gets
+        one panel, its own plane.
     """
     case = _make_case(image, heat, mask, affine, window=window, cmap=cmap, alpha=alpha, threshold=threshold,
                       blend=blend, heat_range=heat_range, outline_color=outline_color, convention=convention)
@@ -676,13 +736,13 @@ def orthogonal_views(
     src_voxel = np.linalg.solve(case.source_affine[:3, :3], world - case.source_affine[:3, 3])
     src_voxel = tuple(int(v) for v in np.rint(src_voxel)[: 2 if case.is_2d else 3])
 
-    views = [2, 1, 0]
+    views = [AXES[case.default_axis]] if case.is_2d else [2, 1, 0]  # 2D: its own plane only
     widths = [case.shape[case.in_plane_axes(a)[1]] * case.zooms[case.in_plane_axes(a)[1]] for a in views]
     heights = [case.shape[case.in_plane_axes(a)[0]] * case.zooms[case.in_plane_axes(a)[0]] for a in views]
     scale = panel_size / max(heights)
     figsize = (sum(widths) * scale + (1.0 if colorbar else 0.3), panel_size + 0.8)
     fig = _new_figure(fig, figsize)
-    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": widths})
+    axes = fig.subplots(1, len(views), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
     for ax, a in zip(axes, views):
         _show(ax, case, a, voxel[a], interpolation)
         ax.set_title(case.label(a, voxel[a]), color="white", fontsize=8, pad=3)
@@ -731,8 +791,12 @@ class SliceBrowser:
             cax=cax, label="CAM"))
         s_ax = self.fig.add_axes([0.15, 0.09, 0.65, 0.04], facecolor="0.2")
         a_ax = self.fig.add_axes([0.15, 0.03, 0.65, 0.04], facecolor="0.2")
-        self.slider = Slider(s_ax, "slice", 0, case.shape[a] - 1, valinit=start, valstep=1, valfmt="%d",
+        n = case.shape[a]
+        self.slider = Slider(s_ax, "slice", 0, max(n - 1, 1), valinit=start, valstep=1, valfmt="%d",
                              color="0.6")
+        if n == 1:  # a 2D image: nothing to browse, only the opacity
+            self.slider.set_active(False)
+            s_ax.set_visible(False)
         self.alpha_slider = Slider(a_ax, "opacity", 0.0, 1.0, valinit=case.alpha, color="0.6")
         for s in (self.slider, self.alpha_slider):
             s.label.set_color("white")
@@ -744,7 +808,7 @@ class SliceBrowser:
     @property
     def index(self) -> int:
         """The slice shown now."""
-        return int(self.slider.val)
+        return min(int(self.slider.val), self._case.shape[self._a] - 1)
 
     def set_slice(self, index: int) -> None:
         """Show slice ``index`` (moves the slider)."""
@@ -768,7 +832,7 @@ def browse(
     heat: Any,
     *,
     affine: Any = None,
-    axis: Optional[str] = "axial",
+    axis: Optional[str] = None,
     start: Optional[int] = None,
     window: WindowLike = None,
     cmap: Any = "jet",

@@ -441,7 +441,7 @@ def _spatial_numpy(volume: Any, shape: Optional[tuple], *, what: str, where: str
     if _is_meta_tensor(volume):
         if arr.ndim < 2 or arr.shape[0] != 1:
             raise ShapeError(
-                f"{what} must have one channel ([1, *S]) to be written as NIfTI, not shape {given}",
+                f"{what} must have one channel ([1, *S]), not shape {given}; select one, e.g. x[:1]",
                 expected="[1, *S]",
                 actual_shape=given,
             )
