@@ -21,6 +21,10 @@ The same command runs unchanged under the launcher::
   cases, and a heartbeat, through the process group's key-value store;
 - has rank 0 merge the ranks' summary rows into one ``summary.csv`` once every rank is done.
 
+The ranks' summary rows travel through the store too, so rank 0 never depends on another
+node's files appearing in time. No collective waits for the end of the work: rank 0 polls
+the store, so an uneven split of long cases cannot run into the collective timeout.
+
 A rank that dies makes the launcher end the others (torchrun does so at once; they print
 why and exit). Should a rank disappear without the launcher noticing (a lost node), rank 0
 stops waiting for it after :data:`ENV_TIMEOUT` seconds without a heartbeat and fails with a
