@@ -14,6 +14,7 @@ __all__ = [
     "ImageReadError",
     "MethodNotFoundError",
     "ValueRangeError",
+    "DistributedError",
 ]
 
 
@@ -96,3 +97,8 @@ class ValueRangeError(VolcamError, ValueError):
     def __init__(self, message: str, *, value_range: tuple | None = None):
         super().__init__(message)
         self.value_range = tuple(value_range) if value_range is not None else None
+
+
+class DistributedError(VolcamError, RuntimeError):
+    """A run over several processes cannot start or go on: the launcher's environment is
+    incomplete, a process has no device of its own, or a process stopped responding."""

@@ -270,6 +270,8 @@ class Runner:
         net = config.parser.get("network_def") or {}
         channels = net.get("in_channels") if isinstance(net, dict) else None
         self.in_channels = channels if isinstance(channels, int) else None
+        #: extra entries of every case record (a distributed run notes the rank that wrote it)
+        self.record_info: dict = {}
 
     # ---- what a complete case looks like
     def declared(self) -> dict:
@@ -390,7 +392,7 @@ class Runner:
             record = {
                 "case": case.id, "image": str(case.image), "label": str(case.label) if case.label else None,
                 "declared": self.declared(), "files": files, "rows": rows,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.record_info,
             }
             tmp = stage / (RECORD_NAME + ".tmp")
             tmp.write_text(json.dumps(record, indent=1, default=_json_default))
@@ -479,6 +481,7 @@ def run_cases(
     num_workers: int | None = None,
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    on_result: Callable[[int, CaseResult], None] | None = None,
 ) -> list[CaseResult]:
     """Process ``cases`` in order and return one :class:`CaseResult` per case.
 
@@ -487,7 +490,7 @@ def run_cases(
     (default ``data.num_workers``) while the previous case is computed. A case that fails
     (unreadable file, wrong shape, non-finite values, out of memory, ...) is recorded with
     its reason and the loop goes on. A progress bar and one log line per case are shown
-    unless ``quiet``.
+    unless ``quiet``. ``on_result(i, result)`` is called as each case ends, quiet or not.
     """
     from monai.data import DataLoader
     from tqdm.auto import tqdm
@@ -516,6 +519,8 @@ def run_cases(
 
     def report(i: int, res: CaseResult) -> None:
         bar.update(1)
+        if on_result is not None:
+            on_result(i, res)
         if quiet:
             return
         head = f"[{i + 1:>{width}}/{len(cases)}] {res.case.id}"
@@ -610,8 +615,13 @@ def run(config: RunConfig | str | os.PathLike, *, overrides: Sequence[str] = (),
         overwrite: bool = False, quiet: bool = False) -> int:
     """Run a config over its dataset; return the exit status (0: every case ok, 1: some failed).
 
-    Writes ``<outputs.dir>/summary.csv`` with one row per case and class.
+    Writes ``<outputs.dir>/summary.csv`` with one row per case and class. Under ``torchrun``
+    the cases are shared among the processes (see :mod:`volcam.distributed`).
     """
+    from volcam import distributed
+
+    if distributed.detect() is not None:  # started by torchrun (or srun + torchrun): shard the cases
+        return distributed.run(config, overrides=overrides, output=output, overwrite=overwrite, quiet=quiet)
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
     cases = config.list_cases()
