@@ -212,6 +212,18 @@ def resolve_score(target: Target, reference_output: torch.Tensor) -> Callable[[t
     return _fixed_category_score(category, reference_output)
 
 
+def _mode_sensitive(model: torch.nn.Module) -> bool:
+    """Whether the model holds layers that act differently in training mode."""
+    for m in model.modules():
+        if not m.training:
+            continue
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            return True
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+    return False
+
+
 def _check_inputs(x, heat, steps, batch_size):
     check_map(heat)
     if not isinstance(x, torch.Tensor) or x.ndim != heat.ndim or x.shape[0] != heat.shape[0] or x.shape[2:] != heat.shape[2:]:
@@ -231,7 +243,7 @@ def _run_curves(
     model, x, heat, target, kinds, *, steps, baseline, sigma, batch_size, model_output, generator
 ) -> dict[str, Curve]:
     _check_inputs(x, heat, steps, batch_size)
-    if model.training:
+    if model.training and _mode_sensitive(model):
         warnings.warn(
             "the model is in training mode; deletion and insertion curves are meant for eval mode "
             "(batch norm and dropout act differently, and batch norm updates its running statistics)",
