@@ -1,3 +1,77 @@
-"""volcam: class activation maps for 2D and 3D medical image segmentation networks."""
+"""volcam: class activation maps for 2D and 3D medical image segmentation networks.
+
+    import volcam
+    cam = volcam.GradCAM(model, target_layers="model.2.0.conv")
+    heat = cam(x, targets=volcam.SegmentationTarget(category=1))   # [B, 1, *S] in [0, 1]
+
+The engine and methods are imported here; the edges (``volcam.io``, ``volcam.figures``,
+``volcam.monai``, ``volcam.metrics``) are imported on demand and pull in nibabel,
+matplotlib or ignite only then.
+"""
+
+from volcam.errors import (
+    ConfigError,
+    ImageReadError,
+    LayerNotFoundError,
+    LayerNotReachedError,
+    MethodNotFoundError,
+    SelectorError,
+    ShapeError,
+    TargetError,
+    VolcamError,
+)
+from volcam.methods import (
+    METHODS,
+    BaseCAM,
+    CAMResult,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+    get_method,
+    register_method,
+)
+from volcam.targets import ClassifierTarget, SegmentationTarget
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BaseCAM",
+    "CAMResult",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "XGradCAM",
+    "LayerCAM",
+    "EigenCAM",
+    "EigenGradCAM",
+    "ScoreCAM",
+    "METHODS",
+    "get_method",
+    "register_method",
+    "SegmentationTarget",
+    "ClassifierTarget",
+    "sliding_window_cam",
+    "VolcamError",
+    "ShapeError",
+    "LayerNotFoundError",
+    "LayerNotReachedError",
+    "SelectorError",
+    "TargetError",
+    "MethodNotFoundError",
+    "ConfigError",
+    "ImageReadError",
+]
+
+
+def __getattr__(name):
+    # sliding.py builds on MONAI's inferer; imported on first use to keep `import volcam` light.
+    if name == "sliding_window_cam":
+        from volcam.sliding import sliding_window_cam
+
+        return sliding_window_cam
+    raise AttributeError(f"module 'volcam' has no attribute {name!r}")
