@@ -133,9 +133,9 @@ def test_bad_inputs():
         deletion_curve(Identity1(), x, torch.rand(1, 1, 3, 2))
     with pytest.raises(ValueError, match="`steps` must be a positive int, not 0"):
         deletion_curve(Identity1(), x, x, steps=0)
-    with pytest.raises(TargetError, match=r"`target` must be a class of the model output \(0..1\), not \[2\]"):
+    with pytest.raises(TargetError, match=r"`category` must be a class index in \[0, 1\] .*, not 2"):
         deletion_curve(TwoClass(), x, x, 2)
-    with pytest.raises(TargetError, match="`target` must hold one class per sample"):
+    with pytest.raises(TargetError, match="`targets` as a list must have one entry per sample"):
         deletion_curve(TwoClass(), x, x, [1, 1])
 
 

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable
 
 import torch
 
-from volcam.errors import ShapeError, TargetError
+from volcam.errors import ShapeError
 from volcam.metrics._common import check_map, spatial_dims
+from volcam.selectors import select
+from volcam.targets import TargetSpec, resolve_targets
 
 __all__ = ["Curve", "blur", "make_baseline", "voxel_order", "deletion_curve", "insertion_curve", "faithfulness", "trapezoid_auc"]
-
-Target = Union[None, int, Callable, list]
 
 
 @dataclass
@@ -134,82 +134,17 @@ def voxel_order(heat: torch.Tensor, generator: torch.Generator | None = None) ->
     return rank.reshape(heat.shape)
 
 
-def _pick_output(output, model_output):
-    if model_output is None:
-        if isinstance(output, torch.Tensor):
-            return output
-        raise TargetError(
-            f"the model output must be a tensor, not {type(output).__name__}; pass `model_output` to pick one"
-        )
-    if callable(model_output):
-        return model_output(output)
-    path = model_output if isinstance(model_output, tuple) else (model_output,)
-    for key in path:
-        output = output[key]
-    return output
+def resolve_score(target: TargetSpec, reference_output: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``output [B, K, *S] -> [B]`` for ``target``, bound to ``reference_output``.
 
-
-def _fixed_category_score(category: torch.Tensor, reference_output: torch.Tensor) -> Callable:
-    """Score per sample = sum of the category's logits over the region predicted on the original image.
-
-    ``category`` ``[B]`` long. For outputs ``[B, K]`` (classifiers) the score is the logit.
+    Uses the engine's targets (:func:`volcam.targets.resolve_targets`): ``None`` (per
+    sample, the foreground class with the largest predicted volume), an int class,
+    :class:`~volcam.SegmentationTarget`, :class:`~volcam.ClassifierTarget`, any callable
+    ``output -> [B]``, or a list of those, one per sample. Built-in targets are bound to
+    the output of the unperturbed image, so their predicted regions are frozen there.
     """
-    b = reference_output.shape[0]
-    rows = torch.arange(b, device=reference_output.device)
-    if reference_output.ndim == 2:
-        return lambda out: out[rows, category]
-    if reference_output.shape[1] == 1:
-        region = reference_output[:, 0] > 0
-    else:
-        region = reference_output.argmax(dim=1) == category.reshape(-1, *([1] * (reference_output.ndim - 2)))
-    region = region.to(reference_output.dtype)
-    dims = tuple(range(1, reference_output.ndim - 1))
-    return lambda out: (out[rows, category] * region).sum(dim=dims)
-
-
-def default_category(output: torch.Tensor) -> torch.Tensor:
-    """Per sample, the foreground class with the largest predicted volume, ``[B]`` long.
-
-    For one-channel outputs (a sigmoid head) that is class 0; for classifier outputs
-    ``[B, K]`` the top class. A sample with no foreground predicted gets class 1.
-    """
-    if output.ndim == 2:
-        return output.argmax(dim=1)
-    if output.shape[1] == 1:
-        return torch.zeros(output.shape[0], dtype=torch.long, device=output.device)
-    k = output.shape[1]
-    labels = output.argmax(dim=1).reshape(output.shape[0], -1)
-    volumes = torch.zeros(output.shape[0], k, dtype=torch.long, device=output.device)
-    volumes.scatter_add_(1, labels, torch.ones_like(labels))
-    return volumes[:, 1:].argmax(dim=1) + 1
-
-
-def resolve_score(target: Target, reference_output: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function ``output [B, K, *S] -> [B]`` for ``target``, regions frozen on ``reference_output``.
-
-    ``target``: ``None`` (per sample, the foreground class with the largest predicted
-    volume), an int class, a list of ints (one per sample), or a callable mapping the model
-    output to ``[B]`` (used as given, e.g. ``volcam.SegmentationTarget(c, mask=m)``).
-    """
-    b = reference_output.shape[0]
-    if callable(target) and not isinstance(target, (list, tuple)):
-        return target
-    if target is None:
-        category = default_category(reference_output)
-    elif isinstance(target, int) and not isinstance(target, bool):
-        category = torch.full((b,), target, dtype=torch.long, device=reference_output.device)
-    elif isinstance(target, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-        if len(target) != b:
-            raise TargetError(f"`target` must hold one class per sample ({b}), not {len(target)}")
-        category = torch.tensor(list(target), dtype=torch.long, device=reference_output.device)
-    else:
-        raise TargetError(f"`target` must be None, an int class, a list of ints or a callable, not {target!r}")
-    n_classes = reference_output.shape[1]
-    if bool(((category < 0) | (category >= n_classes)).any()):
-        raise TargetError(
-            f"`target` must be a class of the model output (0..{n_classes - 1}), not {category.tolist()}"
-        )
-    return _fixed_category_score(category, reference_output)
+    scorer = resolve_targets(target, reference_output)
+    return lambda output: scorer(output)
 
 
 def _mode_sensitive(model: torch.nn.Module) -> bool:
@@ -256,7 +191,7 @@ def _run_curves(
     order = voxel_order(heat.detach(), generator)
     with torch.no_grad():
         base = make_baseline(x, baseline, sigma)
-        reference_output = _pick_output(model(x), model_output)
+        reference_output = select(model(x), model_output, what="model output")
         score = resolve_score(target, reference_output)
         reference = score(reference_output).float()
         curves = {}
@@ -275,7 +210,7 @@ def _run_curves(
                     images = torch.where(selected, base[s_idx], x[s_idx])
                 else:
                     images = torch.where(selected, x[s_idx], base[s_idx])
-                pending.extend(_pick_output(model(images), model_output).unbind(0))
+                pending.extend(select(model(images), model_output, what="model output").unbind(0))
                 while len(pending) >= b:
                     scores[next_step] = score(torch.stack(pending[:b])).float()
                     pending = pending[b:]
@@ -290,7 +225,7 @@ def deletion_curve(
     model: torch.nn.Module,
     x: torch.Tensor,
     heat: torch.Tensor,
-    target: Target = None,
+    target: TargetSpec = None,
     *,
     steps: int = 20,
     baseline="blur",
@@ -329,7 +264,7 @@ def insertion_curve(
     model: torch.nn.Module,
     x: torch.Tensor,
     heat: torch.Tensor,
-    target: Target = None,
+    target: TargetSpec = None,
     *,
     steps: int = 20,
     baseline="blur",
@@ -352,7 +287,7 @@ def faithfulness(
     model: torch.nn.Module,
     x: torch.Tensor,
     heat: torch.Tensor,
-    target: Target = None,
+    target: TargetSpec = None,
     *,
     steps: int = 20,
     baseline="blur",
