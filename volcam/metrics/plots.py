@@ -21,6 +21,13 @@ _KIND_TITLES = {
 }
 
 
+_SANITY_AXES = {
+    "cascading": "randomised from the output down to this layer (cumulative)",
+    "independent": "layer randomised alone",
+    "label": "class explained instead",
+}
+
+
 def _mean_band(values: torch.Tensor):
     v = values.detach().float().cpu()
     mean = v.nanmean(dim=0)
@@ -99,9 +106,10 @@ def plot_sanity(results: Mapping, *, title: str | None = None):
     axes = fig.subplots(max(n, 1), 2, squeeze=False)
     for row, (label, result) in zip(axes, results.items()):
         x = list(range(len(result.steps)))
+        batch = result.spearman.shape[1]
         for ax, name, values in ((row[0], "Spearman", result.spearman), (row[1], "SSIM", result.ssim)):
             mean, lo, hi = _mean_band(values.T)
-            (line,) = ax.plot(x, mean, marker="o", label="batch mean")
+            (line,) = ax.plot(x, mean, marker="o", label=f"mean of {batch} maps" if batch > 1 else "map")
             if values.shape[1] > 1:
                 ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0, label="interquartile range")
             if name == "Spearman":
@@ -111,6 +119,7 @@ def plot_sanity(results: Mapping, *, title: str | None = None):
             ax.set_xticks(x)
             ax.set_xticklabels(result.steps, rotation=60, ha="right", fontsize="small")
             ax.set_ylabel(f"{name} with original map")
+            ax.set_xlabel(_SANITY_AXES.get(result.kind, "step"), fontsize="small")
             ax.set_title(f"{label}: {name}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
