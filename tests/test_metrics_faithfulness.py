@@ -48,6 +48,10 @@ def test_region_is_frozen_on_the_unperturbed_image():
     x = literal()
     d = deletion_curve(TwoClass(), x, x, 1, steps=2, baseline=-1.0)
     assert d.scores.tolist() == [[10.0, 10 - 7 - 2, -4.0]]
+    # rescaled between the baseline image's score (-4) and the image's (10)
+    assert d.baseline_score.tolist() == [-4.0]
+    assert d.relative[0].tolist() == pytest.approx([1.0, 5 / 14, 0.0])
+    assert d.auc.tolist() == pytest.approx([0.5 * (0.5 + 5 / 14)])
 
 
 def test_perfect_map_deletes_fastest_in_3d():

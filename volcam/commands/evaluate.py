@@ -277,6 +277,7 @@ def main(args) -> int:
                         curves_json.append({
                             "case": case.id, "class": category, "map": map_name, "kind": kind,
                             "fractions": curve.fractions.tolist(), "scores": curve.scores[0].tolist(),
+                            "image_score": _num(curve.reference[0]), "baseline_score": _num(curve.baseline_score[0]),
                             "relative": curve.relative[0].tolist(), "auc": _num(curve.auc[0]),
                         })
                     metric_rows.append(row)
@@ -380,7 +381,8 @@ def _plot(out, pooled, sanity_plots, names, method, Curve) -> None:
                 merged[map_name][kind] = Curve(
                     kind, curves[0].fractions,
                     torch.cat([cv.scores for cv in curves]), torch.cat([cv.reference for cv in curves]),
-                    torch.cat([cv.relative for cv in curves]), torch.cat([cv.auc for cv in curves]),
+                    torch.cat([cv.baseline_score for cv in curves]), torch.cat([cv.relative for cv in curves]),
+                    torch.cat([cv.auc for cv in curves]),
                 )
         n = next(iter(merged.values()))["deletion"].auc.numel()
         fig = plot_curves(merged, title=f"{names[c]}: {method} vs random map, {n} case(s)")

@@ -11,8 +11,16 @@ Deletion and insertion curves (Petsiuk et al. 2018, "RISE"), in any number of sp
 The score is the one the CAM explains. For a segmentation class it is the summed logits
 of the class over the region the model predicted on the *unperturbed* image (the mask is
 frozen, so removing voxels cannot move the goalposts). Curves are reported raw and
-relative to the score of the unperturbed image (deletion starts at 1, insertion ends at
-1); areas use the trapezoid rule over the fraction of voxels, from 0 to 1.
+rescaled between the score of the baseline image (0) and the score of the image (1):
+
+    relative = (score - score(baseline)) / (score(image) - score(baseline))
+
+so deletion runs from 1 to 0 and insertion from 0 to 1 whatever the offset of the logits
+(a sum of logits can be negative, and a ratio to the image's score alone would not be
+comparable between images or classes). Areas use the trapezoid rule over the fraction
+of voxels, from 0 to 1: a map with no information (random order) sits near the middle,
+a perfect map near 0 (deletion) or 1 (insertion). Where the baseline scores as much as
+the image, the model ignores what is removed and ``relative`` is NaN.
 
 All steps of all samples go through the model in batches of ``batch_size`` images under
 ``torch.no_grad()``, on the input's device. Baselines: a Gaussian blur of the image
@@ -45,7 +53,8 @@ class Curve:
         fractions: ``[T + 1]`` fraction of voxels removed (deletion) or revealed (insertion).
         scores: ``[B, T + 1]`` target score at each step.
         reference: ``[B]`` target score of the unperturbed image.
-        relative: ``[B, T + 1]`` ``scores / reference``.
+        baseline_score: ``[B]`` target score of the baseline image (every voxel replaced).
+        relative: ``[B, T + 1]`` ``(scores - baseline_score) / (reference - baseline_score)``.
         auc: ``[B]`` area under ``relative`` over ``fractions`` (trapezoid rule).
     """
 
@@ -53,6 +62,7 @@ class Curve:
     fractions: torch.Tensor
     scores: torch.Tensor
     reference: torch.Tensor
+    baseline_score: torch.Tensor
     relative: torch.Tensor
     auc: torch.Tensor
 
@@ -216,8 +226,10 @@ def _run_curves(
                     pending = pending[b:]
                     next_step += 1
             scores = scores.T.contiguous()
-            relative = scores / reference[:, None]
-            curves[kind] = Curve(kind, fractions, scores, reference, relative, trapezoid_auc(relative, fractions))
+            full = scores[:, -1] if kind == "deletion" else scores[:, 0]  # every voxel replaced
+            span = reference - full
+            relative = (scores - full[:, None]) / torch.where(span != 0, span, torch.nan)[:, None]
+            curves[kind] = Curve(kind, fractions, scores, reference, full, relative, trapezoid_auc(relative, fractions))
     return curves
 
 

@@ -75,7 +75,7 @@ def plot_curves(curves: Mapping, *, title: str | None = None):
                 ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(_KIND_TITLES[kind])
         ax.set_xlabel("fraction of voxels " + ("removed" if kind == "deletion" else "revealed"))
-        ax.set_ylabel("score / score of the image")
+        ax.set_ylabel("score, 0 = baseline image, 1 = image")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
