@@ -314,6 +314,31 @@ def test_ssim_matches_scikit_image_and_2d_equals_depth_one():
     assert ssim(small, small).tolist() == pytest.approx([1.0], abs=1e-6)
 
 
+def test_results_stay_on_the_input_device(device):
+    g = torch.Generator().manual_seed(6)
+    heat = torch.rand(2, 1, 6, 7, 5, generator=g).to(device)
+    mask = (torch.rand(2, 1, 6, 7, 5, generator=g) > 0.7).to(device)
+    for value in localisation(heat, mask).values():
+        assert value.device == heat.device
+    for value in component_localisation(heat, mask, method="torch").values():
+        assert value.device == heat.device
+    assert spearman(heat, heat).device == heat.device and ssim(heat, heat).device == heat.device
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    g = torch.Generator().manual_seed(7)
+    heat = torch.rand(3, 1, 20, 18, 16, generator=g)
+    mask = torch.rand(3, 1, 20, 18, 16, generator=g) > 0.6
+    labels, counts = connected_components(mask.cuda(), method="torch")
+    want, want_counts = connected_components(mask, method="scipy")
+    assert torch.equal(labels.cpu(), want) and torch.equal(counts.cpu(), want_counts)
+    for key, value in localisation(heat.cuda(), mask.cuda()).items():
+        assert torch.allclose(value.cpu(), localisation(heat, mask)[key], atol=1e-5), key
+    assert torch.allclose(spearman(heat.cuda(), heat.flip(2).cuda()).cpu(), spearman(heat, heat.flip(2)), atol=1e-5)
+    assert torch.allclose(ssim(heat.cuda(), heat.flip(2).cuda()).cpu(), ssim(heat, heat.flip(2)), atol=1e-4)
+
+
 def test_import_volcam_metrics_does_not_import_matplotlib():
     code = "import sys, volcam, volcam.metrics; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

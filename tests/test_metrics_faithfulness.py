@@ -92,6 +92,25 @@ def test_batching_does_not_change_the_curves_and_batch_equals_single():
     assert torch.allclose(single.scores[0], ref.scores[1], atol=1e-5)
 
 
+def test_2d_equals_3d_with_depth_one():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 9, 8, generator=g)
+    heat = torch.rand(2, 1, 9, 8, generator=g)
+    flat = faithfulness(TwoClass(), x, heat, 1, steps=6, baseline="blur", sigma=2.0,
+                        generator=torch.Generator().manual_seed(0))
+    deep = faithfulness(TwoClass(), x[:, :, None], heat[:, :, None], 1, steps=6, baseline="blur", sigma=2.0,
+                        generator=torch.Generator().manual_seed(0))
+    for kind in ("deletion", "insertion"):
+        assert torch.allclose(deep[kind].scores, flat[kind].scores, atol=1e-4)
+        assert torch.allclose(deep[kind].auc, flat[kind].auc, atol=1e-5)
+
+
+def test_results_stay_on_the_input_device(device):
+    x = literal().to(device)
+    d = deletion_curve(Identity1().to(device), x, x, steps=4, baseline="blur", sigma=1.0)
+    assert d.scores.device == d.auc.device == d.fractions.device == x.device
+
+
 def test_default_target_is_the_largest_predicted_foreground_class():
     class Fixed(nn.Module):
         def forward(self, x):

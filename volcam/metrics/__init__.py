@@ -11,6 +11,8 @@ module here that imports matplotlib, and only when its functions are called.
 - Faithfulness (:mod:`~volcam.metrics.faithfulness`): deletion and insertion curves and
   their areas.
 - Similarity (:mod:`~volcam.metrics.similarity`): Spearman rank correlation and SSIM.
+- Sanity checks (:mod:`~volcam.metrics.sanity`): cascading and independent model-parameter
+  randomisation, label randomisation (Adebayo et al. 2018).
 """
 
 from volcam.metrics.components import component_localisation, connected_components
@@ -33,6 +35,7 @@ from volcam.metrics.localisation import (
     pointing_game,
     top_k_mask,
 )
+from volcam.metrics.sanity import SanityResult, label_randomisation, model_randomisation
 from volcam.metrics.similarity import rank, spearman, ssim
 
 __all__ = [
@@ -56,4 +59,7 @@ __all__ = [
     "rank",
     "spearman",
     "ssim",
+    "SanityResult",
+    "model_randomisation",
+    "label_randomisation",
 ]
