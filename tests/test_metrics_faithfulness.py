@@ -168,3 +168,21 @@ def test_training_mode_warns_and_model_is_left_as_it_was():
     with pytest.warns(UserWarning, match="the model is in training mode"):
         deletion_curve(model, x, x, 1, steps=1)
     assert model.training
+
+
+def test_plot_curves_draws_the_mean_relative_curve_and_writes_a_png(tmp_path):
+    from volcam.metrics.plots import plot_curves, save_figure
+
+    x = literal()
+    cam = faithfulness(Identity1(), x, x, steps=4, baseline=0.0)
+    rev = faithfulness(Identity1(), x, -x, steps=4, baseline=0.0)
+    fig = plot_curves({"cam": cam, "reversed": rev}, title="t")
+    deletion, insertion = fig.axes
+    assert deletion.get_title().startswith("Deletion") and insertion.get_title().startswith("Insertion")
+    lines = deletion.get_lines()
+    assert lines[0].get_ydata().tolist() == pytest.approx([1.0, 0.6, 0.3, 0.1, 0.0])
+    assert lines[1].get_ydata().tolist() == pytest.approx([1.0, 0.9, 0.7, 0.4, 0.0])
+    labels = [t.get_text() for t in deletion.get_legend().get_texts()]
+    assert labels == ["cam (AUC 0.375)", "reversed (AUC 0.625)"]
+    path = save_figure(fig, tmp_path / "sub" / "curves.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and list(path.parent.iterdir()) == [path]

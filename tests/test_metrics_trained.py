@@ -276,3 +276,22 @@ def test_evaluate_command_user_errors(tmp_path, capsys):
     assert "--steps must be a positive integer, not 0" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "c.yaml"), "--baseline", "black"]) == 2
     assert "--baseline must be blur, min, mean or a number, not 'black'" in capsys.readouterr().err
+
+
+def test_plot_sanity_draws_one_row_per_check(trained):
+    from volcam.metrics.plots import plot_sanity
+
+    model, x, _ = trained
+    cam = volcam.GradCAM(model, LAYER)
+    results = {
+        "cascading": model_randomisation(cam, x[:3], 1, layers=["model.2.conv", "model.0.conv"]),
+        "label": label_randomisation(cam, x[:3], 1),
+    }
+    fig = plot_sanity(results)
+    assert len(fig.axes) == 4
+    spearman_ax = fig.axes[0]
+    assert spearman_ax.get_lines()[0].get_ydata().tolist() == pytest.approx(
+        results["cascading"].spearman.mean(dim=1).tolist(), abs=1e-6
+    )
+    assert [t.get_text() for t in spearman_ax.get_xticklabels()] == ["1. model.2.conv", "2. model.0.conv"]
+    assert spearman_ax.get_lines()[1].get_ydata()[0] == 0.5  # the flag threshold

@@ -28,6 +28,15 @@ _SANITY_AXES = {
 }
 
 
+def _short(name: str, width: int = 30) -> str:
+    """A layer name cut to its last ``width`` characters, at a dot where possible."""
+    if len(name) <= width:
+        return name
+    tail = name[-width:]
+    cut = tail.find(".")
+    return "…" + (tail[cut:] if 0 <= cut < width - 6 else tail)
+
+
 def _mean_band(values: torch.Tensor):
     v = values.detach().float().cpu()
     mean = v.nanmean(dim=0)
@@ -92,7 +101,8 @@ def plot_sanity(results: Mapping, *, title: str | None = None):
             (see :mod:`volcam.metrics.sanity`). One row of panels per result: Spearman on
             the left, SSIM on the right, one tick per randomised layer (or swapped class),
             the batch mean as a line, the interquartile range as a band, the flag threshold
-            as a dashed line.
+            as a dashed line. Ticks are numbered as the ``step`` column of ``sanity.csv``;
+            long layer names are cut to their end.
         title: figure title.
 
     Returns:
@@ -109,7 +119,9 @@ def plot_sanity(results: Mapping, *, title: str | None = None):
         batch = result.spearman.shape[1]
         for ax, name, values in ((row[0], "Spearman", result.spearman), (row[1], "SSIM", result.ssim)):
             mean, lo, hi = _mean_band(values.T)
-            (line,) = ax.plot(x, mean, marker="o", label=f"mean of {batch} maps" if batch > 1 else "map")
+            style = "none" if result.kind == "label" else "-"  # classes are not an ordered axis
+            (line,) = ax.plot(x, mean, marker="o", linestyle=style,
+                              label=f"mean of {batch} maps" if batch > 1 else "map")
             if values.shape[1] > 1:
                 ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0, label="interquartile range")
             if name == "Spearman":
@@ -117,7 +129,7 @@ def plot_sanity(results: Mapping, *, title: str | None = None):
                            label=f"unchanged if >= {result.threshold:g}")
             ax.set_ylim(-1.05, 1.05)
             ax.set_xticks(x)
-            ax.set_xticklabels(result.steps, rotation=60, ha="right", fontsize="small")
+            ax.set_xticklabels([f"{i + 1}. {_short(s)}" for i, s in enumerate(result.steps)], rotation=60, ha="right", fontsize="small")
             ax.set_ylabel(f"{name} with original map")
             ax.set_xlabel(_SANITY_AXES.get(result.kind, "step"), fontsize="small")
             ax.set_title(f"{label}: {name}")
