@@ -126,6 +126,16 @@ def test_default_target_is_the_largest_predicted_foreground_class():
     assert d.scores.tolist() == [[60.0, 0.0]]
 
 
+def test_model_output_selector_picks_the_tensor_of_a_structured_output():
+    class Deep(nn.Module):
+        def forward(self, x):
+            return {"aux": torch.zeros(1), "seg": x[:, :1]}
+
+    x = literal()
+    d = deletion_curve(Deep(), x, x, steps=4, baseline=0.0, model_output="seg")
+    assert d.scores.tolist() == [[10.0, 6.0, 3.0, 1.0, 0.0]]
+
+
 def test_ties_are_broken_at_random_not_in_raster_order():
     heat = torch.zeros(1, 1, 50, 50)
     order = voxel_order(heat, torch.Generator().manual_seed(0))

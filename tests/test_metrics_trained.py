@@ -194,7 +194,7 @@ def test_constant_original_map_gives_nan_and_a_warning(trained):
 
 @pytest.fixture(scope="module")
 def evaluation(trained, tmp_path_factory):
-    """Four labelled 2D NIfTI cases, the trained checkpoint, a config; `volcam evaluate` once."""
+    """Four labelled 2D NIfTI cases and a broken one, the trained checkpoint, a config; `volcam evaluate` once."""
     import nibabel as nib
     import numpy as np
     import yaml
@@ -207,6 +207,7 @@ def evaluation(trained, tmp_path_factory):
     for i in range(4):
         nib.save(nib.Nifti1Image(images[i, 0].numpy().astype(np.float32), np.eye(4)), root / "images" / f"c{i}.nii.gz")
         nib.save(nib.Nifti1Image(masks[i, 0].numpy().astype(np.uint8), np.eye(4)), root / "labels" / f"c{i}.nii.gz")
+    (root / "images" / "c4.nii.gz").write_bytes(b"not a nifti file")  # this case fails alone
     torch.save(model.state_dict(), root / "model.pt")
     config = {
         "network_def": {
@@ -237,7 +238,8 @@ def read_csv(path):
 
 def test_evaluate_command_writes_tables_and_plots(evaluation):
     out, (status, stdout, stderr) = evaluation
-    assert status == 0, stderr
+    assert status == 1  # one case could not be read; the others are evaluated and written
+    assert "case c4: could not load" in stderr and stderr.count("volcam evaluate:") == 1
     rows = read_csv(out / "metrics.csv")
     assert [(r["case"], r["map"]) for r in rows] == [(f"c{i}", m) for i in range(4) for m in ("gradcam", "random")]
     assert {r["reference"] for r in rows} == {"label"}

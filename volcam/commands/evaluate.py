@@ -302,9 +302,10 @@ def main(args) -> int:
                                 "unchanged": bool(res.unchanged[0]) if step == len(res.steps) - 1 else "",
                             })
                     sanity_plots.append((case.id, category, results))
-            except VolcamError as err:
+            except Exception as err:  # one case and class fails alone; the others are still written
                 failures += 1
-                print(f"volcam evaluate: case {case.id}, class {category}: {err}", file=sys.stderr)
+                what = "" if isinstance(err, VolcamError) else f"{type(err).__name__}: "
+                print(f"volcam evaluate: case {case.id}, class {category}: {what}{err}", file=sys.stderr)
         done = [r for r in metric_rows if r["case"] == case.id and r["map"] == method]
         log(f"  {case.id}: " + "; ".join(
             f"{r['class_name']} energy {r.get('energy', float('nan')):.2f} dice {r.get('dice', float('nan')):.2f} "
