@@ -27,6 +27,15 @@ from volcam.metrics import (
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def t(rows, dtype=torch.float32):
     """A literal 2D array -> [1, 1, Y, X]."""
     return torch.tensor(rows, dtype=dtype)[None, None]

@@ -8,6 +8,15 @@ from volcam.errors import ShapeError, TargetError
 from volcam.metrics import blur, deletion_curve, faithfulness, insertion_curve, make_baseline, voxel_order
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Identity1(nn.Module):
     """One-channel 'segmentation' whose logit is the image itself."""
 

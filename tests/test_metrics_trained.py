@@ -38,6 +38,15 @@ def make_unet():
     return UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(8, 16), strides=(2,), num_res_units=0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def train_blob_model():
     """(model in eval mode, 8 held-out images, their masks): about 0.3 s of CPU training."""
     threads = torch.get_num_threads()

@@ -158,8 +158,12 @@ def _load_case(pre, case):
     if case.label is not None:
         data["label"] = str(case.label)
     d = pre(data)
-    image = torch.as_tensor(d["image"]).float()
-    label = torch.as_tensor(d["label"]) if d.get("label") is not None else None
+
+    def plain(t):  # MetaTensor -> Tensor: the metadata is not needed here and slows every operation
+        return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+
+    image = plain(d["image"]).float()
+    label = plain(d["label"]) if d.get("label") is not None else None
     return image, label
 
 
