@@ -206,11 +206,15 @@ def _run_curves(
         reference = score(reference_output).float()
         curves = {}
         for kind in kinds:
-            # step-major jobs (t, sample); scores are taken once a step's B outputs are in
-            jobs = [(t, i) for t in range(steps + 1) for i in range(b)]
+            # the unperturbed image is step 0 of deletion and the last step of insertion: its
+            # score is the reference, so only the other steps run, step-major (t, sample),
+            # scored once a step's B outputs are in
+            todo = list(range(1, steps + 1)) if kind == "deletion" else list(range(steps))
             scores = torch.empty(steps + 1, b, device=x.device)
+            scores[0 if kind == "deletion" else steps] = reference
+            jobs = [(t, i) for t in todo for i in range(b)]
             pending: list[torch.Tensor] = []
-            next_step = 0
+            done = 0
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start : start + batch_size]
                 t_idx = torch.tensor([t for t, _ in chunk], device=x.device)
@@ -222,9 +226,9 @@ def _run_curves(
                     images = torch.where(selected, x[s_idx], base[s_idx])
                 pending.extend(select(model(images), model_output, what="model output").unbind(0))
                 while len(pending) >= b:
-                    scores[next_step] = score(torch.stack(pending[:b])).float()
+                    scores[todo[done]] = score(torch.stack(pending[:b])).float()
                     pending = pending[b:]
-                    next_step += 1
+                    done += 1
             scores = scores.T.contiguous()
             full = scores[:, -1] if kind == "deletion" else scores[:, 0]  # every voxel replaced
             span = reference - full
