@@ -22,6 +22,7 @@ or a list of preprocessing transforms can be copied from any bundle. volcam read
       classes:         [1]                       # output channels to explain
       names:           null                      # {1: liver, 2: tumour} or a list, for file names
       mask:            prediction                # prediction | label | whole
+      activation:      softmax                   # softmax (exclusive classes) | sigmoid (multi-label)
     preprocessing:     []                        # dictionary transforms over keys image (and label)
     sliding_window:
       roi_size:        null                      # set to explain through volcam.sliding_window_cam
@@ -87,7 +88,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "reshape": None,
         "method_args": {},
     },
-    "targets": {"classes": None, "names": None, "mask": "prediction"},
+    "targets": {"classes": None, "names": None, "mask": "prediction", "activation": "softmax"},
     "sliding_window": {"roi_size": None, "sw_batch_size": 1, "overlap": 0.25, "mode": "gaussian"},
     "data": {
         "folder": None,
@@ -516,8 +517,9 @@ class RunConfig:
             ]
         return Compose(items)
 
-    def build_cam(self, model):
-        """The CAM method of the ``cam`` section, bound to ``model``."""
+    def build_cam(self, model, **options):
+        """The CAM method of the ``cam`` section, bound to ``model``; ``options`` (e.g.
+        ``normalize=False``) are passed to the method on top of ``cam.method_args``."""
         import volcam
 
         cam = self.settings["cam"]
@@ -526,7 +528,7 @@ class RunConfig:
         except Exception as err:
             raise ConfigError(f"cam.method: {err}", key="cam.method") from err
         reshape = self.parsed("cam.reshape") if cam["reshape"] is not None else None
-        kwargs = dict(cam["method_args"] or {})
+        kwargs = {**(cam["method_args"] or {}), **options}
         try:
             return cls(
                 model,
@@ -743,6 +745,10 @@ def _validate(s: dict, raw: Mapping) -> None:
         raise ConfigError(
             f"targets.mask must be one of {', '.join(MASKS)}, not {t['mask']!r}{_did_you_mean(t['mask'], MASKS)}",
             key="targets.mask",
+        )
+    if t["activation"] not in ("softmax", "sigmoid"):
+        raise ConfigError(
+            f"targets.activation must be 'softmax' or 'sigmoid', not {t['activation']!r}", key="targets.activation"
         )
     if t["names"] is not None and not isinstance(t["names"], (Mapping, list)):
         raise ConfigError(f"targets.names must be a mapping or a list, not {t['names']!r}", key="targets.names")

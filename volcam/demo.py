@@ -161,11 +161,11 @@ def demo_config(root="demo-output") -> dict:
         "cam": {"method": "gradcam", "target_layers": "model.1.submodule.2"},
         "targets": {"classes": [1, 2], "names": {1: "bright", 2: "dark"}, "mask": "prediction"},
         "preprocessing": [
-            {"_target_": "Orientationd", "keys": keys, "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": keys, "pixdim": [2.0, 2.0, 2.5], "mode": ["bilinear", "nearest"]},
+            {"_target_": "Orientationd", "keys": list(keys), "axcodes": "RAS", "labels": None},
+            {"_target_": "Spacingd", "keys": list(keys), "pixdim": [2.0, 2.0, 2.5], "mode": ["bilinear", "nearest"]},
             {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -200, "a_max": 300,
              "b_min": 0.0, "b_max": 1.0, "clip": True},
-            {"_target_": "DivisiblePadd", "keys": keys, "k": 4},
+            {"_target_": "DivisiblePadd", "keys": list(keys), "k": 4},
         ],
         "data": {"dataset_json": f"{root}/data/dataset.json", "section": "test", "num_workers": 1},
         "outputs": {"dir": f"{root}/cams", "axes": ["axial"], "figure": "orthogonal",
@@ -269,7 +269,7 @@ def run_demo(out_dir="demo-output", *, steps: int = 300, max_seconds: float | No
     tmp = config_path.with_name(config_path.name + ".tmp")
     tmp.write_text(
         "# written by `volcam demo`; rerun with: volcam run " + config_path.as_posix() + "\n"
-        + yaml.safe_dump(cfg_dict, sort_keys=False)
+        + yaml.safe_dump(cfg_dict, sort_keys=False, default_flow_style=None)
     )
     tmp.replace(config_path)
     config = load_config(config_path)
