@@ -248,7 +248,7 @@ def read_csv(path):
 def test_evaluate_command_writes_tables_and_plots(evaluation):
     out, (status, stdout, stderr) = evaluation
     assert status == 1  # one case could not be read; the others are evaluated and written
-    assert "case c4: could not load" in stderr and stderr.count("volcam evaluate:") == 1
+    assert "case c4: image must be a readable image file" in stderr and stderr.count("volcam evaluate:") == 1
     rows = read_csv(out / "metrics.csv")
     assert [(r["case"], r["map"]) for r in rows] == [(f"c{i}", m) for i in range(4) for m in ("gradcam", "random")]
     assert {r["reference"] for r in rows} == {"label"}
@@ -306,3 +306,20 @@ def test_plot_sanity_draws_one_row_per_check(trained):
     )
     assert [t.get_text() for t in spearman_ax.get_xticklabels()] == ["1. model.2.conv", "2. model.0.conv"]
     assert spearman_ax.get_lines()[1].get_ydata()[0] == 0.5  # the flag threshold
+
+
+def test_evaluate_against_the_prediction_without_random_map_or_sanity(evaluation, tmp_path):
+    from volcam.cli import main
+
+    out, _ = evaluation
+    config = out.parents[1] / "config.yaml"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        status = main(["evaluate", str(config), "--out", str(tmp_path), "--cases", "2", "--against", "prediction",
+                       "--no-random", "--sanity", "none", "--steps", "4", "--level", "0.5",
+                       "-o", "targets.mask=whole"])
+    assert status == 0
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [(r["case"], r["map"], r["reference"]) for r in rows] == [("c0", "gradcam", "prediction"),
+                                                                     ("c1", "gradcam", "prediction")]
+    assert read_csv(tmp_path / "sanity.csv") == []
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves_blob.png"]

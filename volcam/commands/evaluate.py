@@ -151,26 +151,24 @@ def _mean(values) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def _load_case(pre, case):
-    import torch
-
-    data = {"image": str(case.image)}
-    if case.label is not None:
-        data["label"] = str(case.label)
-    d = pre(data)
-
-    def plain(t):  # MetaTensor -> Tensor: the metadata is not needed here and slows every operation
-        return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
-
-    image = plain(d["image"]).float()
-    label = plain(d["label"]) if d.get("label") is not None else None
-    return image, label
+def _predicted_region(output, category: int, activation: str):
+    """``[1, 1, *S]`` bool: where the model predicts ``category`` (as the runner reads it)."""
+    if output.shape[1] == 1 or activation == "sigmoid":
+        return output[:, category : category + 1] > 0
+    return output.argmax(1, keepdim=True) == category
 
 
-def _predicted_region(output, category: int):
-    if output.shape[1] == 1:
-        return output[:, :1] > 0
-    return (output.argmax(1, keepdim=True) == category)
+def _target(category: int, mask_mode: str, activation: str, label):
+    """The target ``volcam run`` explains for this class (``targets.mask``, ``targets.activation``)."""
+    import volcam
+    from volcam.pipeline import label_region
+
+    if mask_mode == "whole":
+        return volcam.SegmentationTarget(category, mask="all", activation=activation)
+    if mask_mode == "label":
+        return volcam.SegmentationTarget(category, mask=label_region(label, category)[None].float(),
+                                         activation=activation)
+    return volcam.SegmentationTarget(category, activation=activation)
 
 
 # --------------------------------------------------------------------------- main
@@ -181,10 +179,11 @@ def main(args) -> int:
 
     import volcam
     from volcam.config import load_config
-    from volcam.errors import ConfigError, VolcamError
+    from volcam.errors import TargetError, VolcamError
     from volcam.metrics import component_localisation, faithfulness, localisation
     from volcam.metrics.faithfulness import Curve
     from volcam.metrics.sanity import label_randomisation, model_randomisation
+    from volcam.pipeline import label_region, load_case
 
     _check_args(args)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
@@ -200,6 +199,7 @@ def main(args) -> int:
     classes = config["targets.classes"]
     names = config.class_names
     mask_mode = config["targets.mask"]
+    activation = config["targets.activation"]
     method = config["cam.method"]
     sanity_kinds = [] if "none" in args.sanity else list(dict.fromkeys(args.sanity))
     if config["sliding_window.roi_size"] is not None:
@@ -219,34 +219,28 @@ def main(args) -> int:
     for index, case in enumerate(cases):
         t0 = time.perf_counter()
         try:
-            image, label = _load_case(pre, case)
+            if args.against == "label" and case.label is None:
+                raise TargetError(f"--against label needs a label file for case '{case.id}', not none")
+            data = load_case(case, pre, config.spatial_dims, need_label=mask_mode == "label")
         except Exception as err:  # an unreadable case fails alone
             failures += 1
-            print(f"volcam evaluate: case {case.id}: could not load: {err}", file=sys.stderr)
+            print(f"volcam evaluate: case {case.id}: {err}", file=sys.stderr)
             continue
-        x = image[None].to(device)
-        label = label[None].to(device) if label is not None else None
-        if args.against == "label" and label is None:
-            failures += 1
-            print(f"volcam evaluate: case {case.id}: --against label needs a label, none found", file=sys.stderr)
-            continue
+        # plain tensors: the metadata is not needed here and a MetaTensor slows every operation
+        x = data["image"].as_tensor()[None].float().to(device)
+        label = data["label"].as_tensor().to(device) if "label" in data else None
         for category in classes:
             try:
-                if mask_mode == "label":
-                    if label is None:
-                        raise ConfigError(
-                            f"targets.mask 'label' needs a label for case {case.id}, not none", key="targets.mask"
-                        )
-                    target = volcam.SegmentationTarget(category, mask=(label == category))
-                elif mask_mode == "whole":
-                    target = volcam.SegmentationTarget(category, mask="all")
-                else:
-                    target = volcam.SegmentationTarget(category)
+                target = _target(category, mask_mode, activation, label)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # empty targets are reported in the table
                     result = cam.explain(x, target)
                 use_label = label is not None and args.against != "prediction"
-                reference = (label == category) if use_label else _predicted_region(result.output, category)
+                reference = (
+                    label_region(label, category)[None, None]
+                    if use_label
+                    else _predicted_region(result.output, category, activation)
+                )
                 reference_kind = "label" if use_label else "prediction"
                 volume = int(reference.sum())
                 maps = {method: result.heat}
