@@ -181,6 +181,14 @@ def test_bad_inputs():
         deletion_curve(TwoClass(), x, x, [1, 1])
 
 
+def test_a_weak_baseline_is_reported():
+    x = literal()
+    with pytest.warns(UserWarning, match=r"the baseline image keeps 80% of the image's score for sample\(s\) \[0\]"):
+        d = deletion_curve(Identity1(), x, x, steps=4, baseline=2.0)
+    assert d.baseline_score.tolist() == [8.0]
+    assert d.relative[0].tolist() == pytest.approx([1.0, 0.0, -0.5, -0.5, 0.0])  # (s - 8) / 2
+
+
 def test_training_mode_warns_and_model_is_left_as_it_was():
     model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)).train()
     x = literal()

@@ -235,7 +235,7 @@ def evaluation(trained, tmp_path_factory):
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        status = main(["evaluate", str(root / "config.yaml"), "--steps", "8",
+        status = main(["evaluate", str(root / "config.yaml"), "--steps", "8", "--baseline", "min",
                        "--sanity", "cascading", "independent", "label", "--sanity-cases", "2"])
     return root / "out" / "evaluation", (status, stdout.getvalue(), stderr.getvalue())
 
@@ -259,6 +259,7 @@ def test_evaluate_command_writes_tables_and_plots(evaluation):
         assert float(a["deletion_auc"]) < float(b["deletion_auc"])
         assert float(a["insertion_auc"]) > float(b["insertion_auc"])
         assert int(a["components"]) == 1
+        assert float(a["baseline_kept"]) < 0.5  # the 'min' baseline removes the evidence
     comps = read_csv(out / "components.csv")
     assert len(comps) == 8 and all(c["component"] == "1" for c in comps)
     sanity = read_csv(out / "sanity.csv")

@@ -263,11 +263,14 @@ def main(args) -> int:
                                    for k, v in comps.items() if k != "batch"},
                             })
                         row["components"] = int(comps["batch"].numel())
-                    curves = faithfulness(
-                        model, x, heat, target, steps=args.steps, baseline=args.baseline, sigma=args.sigma,
-                        batch_size=args.batch_size, model_output=cam.model_output,
-                        generator=torch.Generator().manual_seed(args.seed),
-                    )
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # a weak baseline shows in baseline_kept
+                        curves = faithfulness(
+                            model, x, heat, target, steps=args.steps, baseline=args.baseline, sigma=args.sigma,
+                            batch_size=args.batch_size, model_output=cam.model_output,
+                            generator=torch.Generator().manual_seed(args.seed),
+                        )
+                    row["baseline_kept"] = _num(curves["deletion"].baseline_score[0] / curves["deletion"].reference[0])
                     for kind, curve in curves.items():
                         row[f"{kind}_auc"] = _num(curve.auc[0])
                         pooled.setdefault(category, {}).setdefault(map_name, {}).setdefault(kind, []).append(curve)
@@ -313,6 +316,11 @@ def main(args) -> int:
     _write_outputs(out, args, config, metric_rows, component_rows, sanity_rows, curves_json, summary)
     _plot(out, pooled, sanity_plots, names, method)
     log(_table(summary))
+    kept = _mean(r.get("baseline_kept") for r in metric_rows)
+    if kept > 0.5:
+        log(f"volcam evaluate: note: the baseline image keeps {kept:.0%} of the score on average (baseline_kept "
+            "in metrics.csv), so it removes little evidence and the curves are stretched; try --baseline min or "
+            "a larger --sigma")
     log(f"volcam evaluate: wrote {out}/metrics.csv, summary.json and plots/ in "
         f"{time.perf_counter() - started:.0f} s" + (f"; {failures} failure(s)" if failures else ""))
     return 1 if failures else 0
@@ -351,7 +359,8 @@ def _summarise(metric_rows, sanity_rows, classes, names) -> dict:
 
 def _write_outputs(out, args, config, metric_rows, component_rows, sanity_rows, curves_json, summary) -> None:
     _write_csv(out / "metrics.csv", metric_rows,
-               ["case", "class", "class_name", "map", "reference", "reference_volume", "score", *METRICS, "components"])
+               ["case", "class", "class_name", "map", "reference", "reference_volume", "score", *METRICS,
+                "baseline_kept", "components"])
     _write_csv(out / "components.csv", component_rows,
                ["case", "class", "class_name", "map", "component", "volume", "energy", "peak", "hit", "iou", "dice"])
     _write_csv(out / "sanity.csv", sanity_rows,

@@ -20,7 +20,9 @@ so deletion runs from 1 to 0 and insertion from 0 to 1 whatever the offset of th
 comparable between images or classes). Areas use the trapezoid rule over the fraction
 of voxels, from 0 to 1: a map with no information (random order) sits near the middle,
 a perfect map near 0 (deletion) or 1 (insertion). Where the baseline scores as much as
-the image, the model ignores what is removed and ``relative`` is NaN.
+the image, the model ignores what is removed and ``relative`` is NaN; where it keeps more
+than half of the image's score, a warning says that the baseline is too weak (the
+rescaling then divides by a small difference).
 
 All steps of all samples go through the model in batches of ``batch_size`` images under
 ``torch.no_grad()``, on the input's device. Baselines: a Gaussian blur of the image
@@ -234,7 +236,21 @@ def _run_curves(
             span = reference - full
             relative = (scores - full[:, None]) / torch.where(span != 0, span, torch.nan)[:, None]
             curves[kind] = Curve(kind, fractions, scores, reference, full, relative, trapezoid_auc(relative, fractions))
+    _warn_weak_baseline(reference, full)
     return curves
+
+
+def _warn_weak_baseline(reference: torch.Tensor, full: torch.Tensor) -> None:
+    """Warn when the baseline image keeps more than half of the image's score."""
+    weak = (reference - full) < 0.5 * reference.abs()
+    if bool(weak.any()):
+        kept = (full / reference)[weak].tolist()
+        warnings.warn(
+            f"the baseline image keeps {', '.join(f'{k:.0%}' for k in kept)} of the image's score for sample(s) "
+            f"{torch.nonzero(weak).flatten().tolist()}: it removes little of the evidence, the curves are rescaled "
+            "by a small difference and can leave [0, 1]. A stronger baseline (a larger `sigma`, or 'min') helps.",
+            stacklevel=4,
+        )
 
 
 def deletion_curve(

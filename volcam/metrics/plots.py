@@ -22,7 +22,7 @@ _KIND_TITLES = {
 
 
 _SANITY_AXES = {
-    "cascading": "randomised from the output down to this layer (cumulative)",
+    "cascading": "randomised from the output down to here",
     "independent": "layer randomised alone",
     "label": "class explained instead",
 }
