@@ -1,0 +1,485 @@
+"""An Ignite handler, in MONAI's style, that writes CAMs of the first cases of an epoch.
+
+    from volcam.monai import CAMHandler
+
+    handler = CAMHandler(target_layers="model.1.submodule.0.conv", targets=1,
+                         output_dir="runs/cams", every_n_epochs=5, max_cases=4)
+    evaluator = SupervisedEvaluator(..., val_handlers=[handler, ...])
+
+On ``ITERATION_COMPLETED`` of every ``every_n_epochs``-th epoch the handler takes the
+engine's network and batch, computes the CAMs of the cases it still needs (at most
+``max_cases`` per epoch) with one :meth:`~volcam.BaseCAM.explain` call, and writes, per
+case, into ``output_dir/epoch_NNNN/<case>/``:
+
+- ``heat.nii.gz``: the heat volume on the scan's grid, with the scan's affine (through the
+  inverse of the preprocessing ``transform`` when the network saw a resampled or cropped
+  grid; without ``transform`` such a case gets ``heat_preprocessed.nii.gz`` on the
+  network's grid instead),
+- ``slices/``: one PNG overlay per axial slice (with the label's outline when there is one),
+- ``figure.png``: a mosaic of the hottest slices.
+
+An RGB overlay per case can also go to TensorBoard (``summary_writer``).
+
+The engine is left exactly as it was (see :class:`CAMHandler`). ignite is imported through
+``monai.utils.optional_import``; only :meth:`CAMHandler.attach` needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from copy import deepcopy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from monai.utils import CommonKeys, IgniteInfo, min_version, optional_import
+
+from volcam.errors import ConfigError, VolcamError
+from volcam.layers import LayerSpec
+from volcam.methods import BaseCAM, get_method
+from volcam.monai._cases import case_name, label_targets, plain, split_cases
+from volcam.monai._state import model_device, preserved_state
+from volcam.selectors import Selector
+from volcam.targets import TargetSpec
+
+Events, has_ignite = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine = Any
+
+__all__ = ["CAMHandler", "default_batch_transform", "default_output_transform", "overlay", "EXPORTS"]
+
+#: what the handler can write per case
+EXPORTS = ("nifti", "png", "figure")
+
+
+def _require_ignite() -> None:
+    if not has_ignite:
+        from monai.utils import OptionalImportError
+
+        raise OptionalImportError(
+            "CAMHandler needs pytorch-ignite (MONAI's engines run on it), which is not installed; "
+            "install it with `pip install pytorch-ignite` or `pip install volcam[ignite]`"
+        )
+
+
+def default_batch_transform(batch: Any) -> Any:
+    """The images of ``engine.state.batch``: ``batch["image"]`` of a collated dict, the
+    ``"image"`` of each dict of a decollated list, or the first tensor of an
+    ``(image, label)`` pair."""
+    key = CommonKeys.IMAGE
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, dict):
+        return batch[key]
+    if isinstance(batch, (list, tuple)) and batch:
+        first = batch[0]
+        if isinstance(first, dict):
+            return [b[key] for b in batch]
+        if isinstance(first, (list, tuple)):  # decollated (image, label) pairs
+            return [b[0] for b in batch]
+        if isinstance(first, torch.Tensor):
+            return first  # an (image [B, C, *S], label) pair, as MONAI's default_prepare_batch reads it
+    return batch
+
+
+def default_output_transform(output: Any) -> Any:
+    """The labels of ``engine.state.output`` (``"label"`` of a dict or of each dict of a
+    decollated list), or None where there are none."""
+    key = CommonKeys.LABEL
+    if isinstance(output, dict):
+        return output.get(key)
+    if isinstance(output, (list, tuple)) and output and all(isinstance(o, dict) for o in output):
+        labels = [o.get(key) for o in output]
+        return None if any(label is None for label in labels) else labels
+    return None
+
+
+def _unwrap(data: Any) -> Any:
+    # from_engine(keys) returns a 1-tuple for a collated dict and the bare list for a decollated one
+    if isinstance(data, tuple) and len(data) == 1:
+        return data[0]
+    return data
+
+
+class CAMHandler:
+    """Write CAMs of the first ``max_cases`` cases every ``every_n_epochs`` epochs.
+
+    The CAM object is built once for the engine's network, when the engine starts (or on
+    the first call, without :meth:`attach`), and reused at every call.
+
+    Args:
+        target_layers: dotted module name(s) of the network (``"model.1.submodule.0.conv"``)
+            or modules; see :class:`volcam.BaseCAM`.
+        method: a registry name (``"gradcam"``, ``"gradcam++"``, ``"hirescam"``, ...; see
+            ``volcam.METHODS``) or a :class:`~volcam.BaseCAM` subclass.
+        targets: what to explain, as for :meth:`~volcam.BaseCAM.explain`: None (per case,
+            the largest predicted foreground class), an int class, or a target callable.
+        output_dir: root folder; files go to ``output_dir/epoch_NNNN/<case>/``.
+        every_n_epochs: write on epochs ``n, 2n, ...`` (the evaluator's epoch is the
+            trainer's when it is run by MONAI's ``ValidationHandler``).
+        max_cases: cases written per epoch (the first ones of the epoch); None for all.
+        exports: any of ``"nifti"``, ``"png"``, ``"figure"``; empty to only compute (and
+            log to TensorBoard).
+        batch_transform: ``engine.state.batch -> images``, a batch ``[B, C, *S]`` or a list
+            of ``[C, *S]`` (collated and decollated batches both work; default
+            :func:`default_batch_transform`, the ``"image"`` key).
+            ``monai.handlers.from_engine("img")`` works too.
+        output_transform: ``engine.state.output -> labels`` (``[B, 1 or K, *S]``, a list of
+            ``[1 or K, *S]``, or None): drawn as contours in the slice PNGs and, with
+            ``mask_from_label``, the region whose score is explained (default
+            :func:`default_output_transform`, the ``"label"`` key).
+        mask_from_label: explain the target class inside the label instead of inside the
+            predicted region (``targets`` then must be an int or None).
+        layer_output, model_output, reshape: selectors for tuple/dict outputs and token
+            layers; see :class:`volcam.BaseCAM`.
+        method_args: other keyword arguments of the method (``relu``, ``normalize``,
+            ``batch_size`` for ScoreCAM, ...).
+        transform: the invertible preprocessing (``Compose`` of the evaluator's dataset).
+            When the network's input is on the source scan's grid (no spatial
+            preprocessing), ``heat.nii.gz`` is written with the image's affine and this is
+            not needed. Otherwise ``transform`` takes the heat back onto the scan's grid
+            (``volcam.io.invert_to_source``); without it, ``heat_preprocessed.nii.gz`` is
+            written on the network's grid, with a warning.
+        image_key: the image's key in a dictionary ``transform``.
+        eval_mode: compute the CAM with the network in eval mode (deterministic, batch
+            norm with running statistics); the mode is restored afterwards either way.
+        network: the module to explain; default ``engine.network``.
+        summary_writer: a TensorBoard ``SummaryWriter``; if given, an overlay (the slice
+            through the hottest voxel along the last axis, for 3D) is logged per case with
+            ``monai.visualize.plot_2d_or_3d_image``.
+        tag: TensorBoard tag prefix.
+        png_args, figure_args: keyword arguments for ``volcam.figures.save_slice_pngs`` and
+            ``volcam.figures.mosaic`` (``axis``, ``window``, ``cmap``, ``alpha``, ...).
+        name: logger name (default: the engine's logger).
+
+    The engine is left exactly as it was: the network's train/eval flags, ``requires_grad``
+    flags, hooks, parameters and buffers (restored by :func:`volcam.capture.capture`),
+    parameter ``.grad``\\ s (gradients are taken with ``torch.autograd.grad``), the optimizer,
+    ``engine.state.batch``/``output`` (only read), and the torch, numpy and Python random
+    states (saved and restored), so a run with the handler trains bit-identically to one
+    without it.
+    """
+
+    def __init__(
+        self,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        method: str | type[BaseCAM] = "gradcam",
+        targets: TargetSpec = None,
+        output_dir: str | Path = "./cams",
+        every_n_epochs: int = 1,
+        max_cases: int | None = 4,
+        exports: str | Sequence[str] = EXPORTS,
+        batch_transform: Callable[[Any], Any] = default_batch_transform,
+        output_transform: Callable[[Any], Any] = default_output_transform,
+        mask_from_label: bool = False,
+        layer_output: Selector = None,
+        model_output: Selector = None,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        method_args: dict | None = None,
+        transform: Callable | None = None,
+        image_key: str = CommonKeys.IMAGE,
+        eval_mode: bool = True,
+        network: nn.Module | None = None,
+        summary_writer: Any = None,
+        tag: str = "cam",
+        png_args: dict | None = None,
+        figure_args: dict | None = None,
+        name: str | None = None,
+    ):
+        if isinstance(method, str):
+            self.method_cls = get_method(method)
+        elif isinstance(method, type) and issubclass(method, BaseCAM):
+            self.method_cls = method
+        else:
+            raise ConfigError(
+                f"`method` must be a registry name (see volcam.METHODS) or a BaseCAM subclass, not {method!r}",
+                key="method",
+            )
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ConfigError(f"`every_n_epochs` must be a positive int, not {every_n_epochs!r}", key="every_n_epochs")
+        if max_cases is not None and (isinstance(max_cases, bool) or not isinstance(max_cases, int) or max_cases < 1):
+            raise ConfigError(f"`max_cases` must be a positive int or None, not {max_cases!r}", key="max_cases")
+        exports = (exports,) if isinstance(exports, str) else tuple(exports or ())
+        unknown = [e for e in exports if e not in EXPORTS]
+        if unknown:
+            raise ConfigError(f"`exports` must be a subset of {list(EXPORTS)}, not {list(exports)}", key="exports")
+        if isinstance(targets, (list, tuple)):
+            raise ConfigError(
+                "`targets` must be None, an int or a target callable (applied to every case), not a "
+                f"{type(targets).__name__}: the cases of a batch are not known in advance",
+                key="targets",
+            )
+        if (method_args or {}).get("upsample", True) is False:
+            raise ConfigError(
+                "`method_args` must not set upsample=False, not {'upsample': False}: the handler writes "
+                "heat volumes on the image's grid",
+                key="method_args",
+            )
+        for arg, value in (("batch_transform", batch_transform), ("output_transform", output_transform)):
+            if not callable(value):
+                raise ConfigError(f"`{arg}` must be a callable, not {value!r}", key=arg)
+        if network is not None and not isinstance(network, nn.Module):
+            raise ConfigError(f"`network` must be a torch.nn.Module or None, not {type(network).__name__}", key="network")
+        self.target_layers = target_layers
+        self.targets = targets
+        self.output_dir = Path(output_dir)
+        self.every_n_epochs = every_n_epochs
+        self.max_cases = max_cases
+        self.exports = exports
+        self.batch_transform = batch_transform
+        self.output_transform = output_transform
+        self.mask_from_label = bool(mask_from_label)
+        self.cam_args = dict(layer_output=layer_output, model_output=model_output, reshape=reshape)
+        self.cam_args.update(method_args or {})
+        self.transform = transform
+        self.image_key = image_key
+        self.eval_mode = bool(eval_mode)
+        self.network = network
+        self.summary_writer = summary_writer
+        self.tag = tag
+        self.png_args = dict(png_args or {})
+        self.figure_args = dict(figure_args or {})
+        self.name = name
+        self.logger = logging.getLogger(name or __name__)
+        self.cam: BaseCAM | None = None
+        #: per case written in the current epoch: ``{case: {"dir": Path, "nifti": Path, ...}}``
+        self.written: dict[str, dict[str, Any]] = {}
+        self._epoch: int | None = None
+        self._warned = False
+        self._count = 0
+
+    # ------------------------------------------------------------------ ignite
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine``: the CAM object is built for the engine's network on
+        ``STARTED`` (MONAI's engines attach their handlers before they set ``network``), the
+        per-epoch count is reset on ``EPOCH_STARTED`` and the CAMs run on
+        ``ITERATION_COMPLETED``. Attaching twice to the same engine is a no-op."""
+        _require_ignite()
+        if self.name is None:
+            self.logger = engine.logger
+        if not engine.has_event_handler(self._build, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self._build)
+        if not engine.has_event_handler(self._reset, Events.EPOCH_STARTED):
+            engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _build(self, engine: Any) -> BaseCAM:
+        network = self.network if self.network is not None else getattr(engine, "network", None)
+        if not isinstance(network, nn.Module):
+            raise ConfigError(
+                "CAMHandler needs the network to explain: the engine must have a `network` module "
+                f"(MONAI's SupervisedEvaluator/SupervisedTrainer do), not {type(network).__name__}; "
+                "or pass `network=`",
+                key="network",
+            )
+        if self.cam is None:
+            self.cam = self.method_cls(network, self.target_layers, **self.cam_args)
+        elif self.cam.model is not network:
+            raise VolcamError(
+                "a CAMHandler explains one network: it is attached to an engine whose network is another "
+                "module; create one handler per network"
+            )
+        return self.cam
+
+    def _reset(self, engine: Any = None) -> None:
+        self._count = 0
+        self.written = {}
+        self._epoch = None if engine is None else engine.state.epoch
+
+    def _due(self, epoch: int) -> bool:
+        if epoch % self.every_n_epochs != 0:
+            return False
+        return self.max_cases is None or self._count < self.max_cases
+
+    def __call__(self, engine: Engine) -> None:
+        """Compute and write the CAMs of the current batch's cases that are still due."""
+        cam = self._build(engine)
+        epoch = int(engine.state.epoch)
+        if epoch != self._epoch:
+            self._reset(engine)
+        if not self._due(epoch):
+            return
+        images = split_cases(_unwrap(self.batch_transform(engine.state.batch)), "image")
+        labels = _unwrap(self.output_transform(engine.state.output))
+        labels = None if labels is None else split_cases(labels, "label")
+        if labels is not None and len(labels) != len(images):
+            raise ConfigError(
+                f"`output_transform` must give one label per image ({len(images)}), not {len(labels)}",
+                key="output_transform",
+            )
+        n = len(images) if self.max_cases is None else min(len(images), self.max_cases - self._count)
+        images = images[:n]
+        labels = None if labels is None else labels[:n]
+        if n == 0:
+            return
+        network = cam.model
+        device = model_device(network)
+        with preserved_state(network, eval_mode=self.eval_mode):
+            x = torch.stack([plain(im).detach() for im in images]).to(device)
+            if not x.is_floating_point():
+                x = x.float()
+            if self.mask_from_label:
+                if labels is None:
+                    raise ConfigError(
+                        "`mask_from_label` needs labels, but `output_transform` gave None; "
+                        "check the engine's output has a 'label' key or set `output_transform`",
+                        key="output_transform",
+                    )
+                targets = label_targets(self.targets, labels, device)
+            else:
+                targets = self.targets
+            heat = cam.explain(x, targets).heat.detach().cpu()
+            del x
+            for i, image in enumerate(images):
+                index = self._count + i
+                name = case_name(image, f"case_{index:03d}")
+                if name in self.written:
+                    name = f"{name}_{index:03d}"
+                label = None if labels is None else plain(labels[i]).detach().cpu()
+                self.written[name] = self._export(engine, epoch, name, image, heat[i], label)
+        self._count += n
+
+    # ------------------------------------------------------------------ exports
+    def _export(
+        self, engine: Any, epoch: int, name: str, image: torch.Tensor, heat: torch.Tensor, label: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """Write one case: ``heat`` ``[1, *S]`` on the grid of ``image`` ``[C, *S]`` (both on the CPU)."""
+        case_dir = self.output_dir / f"epoch_{epoch:04d}" / name
+        written: dict[str, Any] = {"dir": case_dir}
+        if not self.exports and self.summary_writer is None:
+            return written
+        image = image.detach().cpu()
+        affine = _affine(image)
+        if affine is None and not self._warned:
+            self._warned = True
+            warnings.warn(
+                "the batch images carry no affine (they are not MetaTensors); the CAMs are written "
+                "with an identity affine and will not overlay the scans in a viewer",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if affine is None:
+            affine = torch.eye(4, dtype=torch.float64)
+        if "nifti" in self.exports:
+            written["nifti"] = self._write_nifti(image, heat, affine, case_dir)
+        volume = plain(image)[0].float()
+        heat_volume = heat[0].float()
+        mask = None
+        if label is not None:
+            mask = (label[0] > 0) if label.shape[0] == 1 else (label[1:] > 0).any(0)
+        if "png" in self.exports or "figure" in self.exports:
+            from volcam import figures
+
+            axis = "axial" if volume.ndim == 3 else None
+            if "png" in self.exports:
+                written["png"] = figures.save_slice_pngs(
+                    volume, heat_volume, case_dir / "slices", affine=affine, mask=mask,
+                    **{"axis": axis, **self.png_args},
+                )
+            if "figure" in self.exports:
+                fig = figures.mosaic(
+                    volume, heat_volume, affine=affine, mask=mask,
+                    **{"axis": axis, "select": "hottest", "title": f"{name}, epoch {epoch}", **self.figure_args},
+                )
+                written["figure"] = figures.save_figure(fig, case_dir / "figure.png")
+        if self.summary_writer is not None:
+            from monai.visualize import plot_2d_or_3d_image
+
+            plot_2d_or_3d_image(
+                overlay(volume, heat_volume)[None], epoch, self.summary_writer, max_channels=3, tag=f"{self.tag}/{name}"
+            )
+        self.logger.info(f"CAMHandler: epoch {epoch}, case {name!r} -> {case_dir}")
+        return written
+
+    def _write_nifti(self, image: torch.Tensor, heat: torch.Tensor, affine: torch.Tensor, case_dir: Path) -> Path:
+        """``heat.nii.gz`` on the source scan's grid (as is when the network saw that grid,
+        else through the inverse of ``transform``); without ``transform``,
+        ``heat_preprocessed.nii.gz`` on the grid the network saw."""
+        from monai.data import MetaTensor
+
+        from volcam import io as vio
+
+        raw = not getattr(self.cam, "normalize", True)
+        if not isinstance(image, MetaTensor):
+            return vio.save_heat(heat, case_dir / "heat.nii.gz", affine=affine, raw=raw)
+        if _on_source_grid(image):
+            return vio.save_heat(_with_meta(heat, image), case_dir / "heat.nii.gz", raw=raw)
+        if self.transform is not None:
+            if _is_dict_transform(self.transform):
+                source = vio.invert_to_source(heat, {self.image_key: image}, self.transform, key=self.image_key)
+            else:
+                source = vio.invert_to_source(heat, image, self.transform)
+            return vio.save_heat(source, case_dir / "heat.nii.gz", raw=raw)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                "the network input is not on the source scan's grid (the preprocessing resampled, cropped "
+                "or reoriented it); the CAMs are written on the network's grid as heat_preprocessed.nii.gz. "
+                "Pass the preprocessing as `transform=` to write them on the scan's grid",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return vio.save_heat_preprocessed(heat, image, case_dir / "heat_preprocessed.nii.gz", raw=raw)
+
+
+def _affine(image: torch.Tensor) -> torch.Tensor | None:
+    from monai.data import MetaTensor
+
+    if not isinstance(image, MetaTensor):
+        return None
+    return plain(image.affine).detach().cpu().to(torch.float64)
+
+
+def _on_source_grid(image: torch.Tensor) -> bool:
+    """Whether a case lies on its source scan's grid: same spatial shape and affine as
+    recorded by the loader (``spatial_shape``, ``original_affine``); True when unknown."""
+    import numpy as np
+
+    meta = image.meta
+    shape, original = meta.get("spatial_shape"), meta.get("original_affine")
+    if shape is not None and tuple(int(s) for s in np.asarray(shape).reshape(-1)) != tuple(image.shape[1:]):
+        return False
+    if original is not None:
+        original = np.asarray(plain(torch.as_tensor(original)).cpu(), dtype=np.float64)
+        current = np.asarray(plain(image.affine).cpu(), dtype=np.float64)
+        if original.shape != current.shape or not np.allclose(original, current, atol=1e-4):
+            return False
+    return True
+
+
+def _is_dict_transform(transform: Any) -> bool:
+    from monai.transforms import Compose, MapTransform
+
+    if isinstance(transform, Compose):
+        return any(isinstance(t, MapTransform) for t in transform.flatten().transforms)
+    return isinstance(transform, MapTransform)
+
+
+def _with_meta(heat: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """``heat`` as a MetaTensor carrying the image's metadata (affine, header codes, file name)."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(heat, meta=deepcopy(image.meta), applied_operations=deepcopy(image.applied_operations))
+
+
+def _jet(h: torch.Tensor) -> torch.Tensor:
+    """The 'jet' colour map of values in [0, 1]: ``[*S] -> [3, *S]``."""
+    four = 4.0 * h
+    return torch.stack([(1.5 - (four - c).abs()).clamp(0, 1) for c in (3.0, 2.0, 1.0)])
+
+
+def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """An RGB overlay ``[3, H, W]`` of ``heat`` (jet, in [0, 1]) on ``image`` (grey, min-max
+    scaled); for 3D ``[*S]`` the slice through the hottest voxel along the last axis."""
+    if image.ndim == 3:
+        k = int(heat.flatten().argmax()) % heat.shape[-1]
+        image, heat = image[..., k], heat[..., k]
+    lo, hi = image.amin(), image.amax()
+    grey = (image - lo) / (hi - lo) if hi > lo else torch.zeros_like(image)
+    return ((1 - alpha) * grey.expand(3, *grey.shape) + alpha * _jet(heat.clamp(0, 1))).clamp(0, 1)
