@@ -531,6 +531,9 @@ def run_cases(
 
     if results:  # complete from an earlier run: one line for all of them
         bar.update(len(results))
+        if on_result is not None:
+            for i, res in sorted(results.items()):
+                on_result(i, res)
         if not quiet:
             write(f"{len(results)} of {len(cases)} case(s) already complete, skipped (--overwrite redoes them)")
     if todo:
