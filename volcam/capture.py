@@ -10,7 +10,9 @@
 - when gradients are needed, sets every parameter to ``requires_grad=False`` and turns
   the first captured activation into a fresh leaf that requires grad: everything before
   the target layer runs like inference (no graph, no saved tensors) and the backward
-  pass stops at the layer;
+  pass stops at the layer. For a layer with a structured output (a selector is given),
+  the graph starts at the layer's inputs instead, so that paths from the selected tensor
+  to the layer's other outputs count too;
 - in ``finally`` (errors included) removes its hooks, restores every ``requires_grad``
   flag and, for a model in training mode, the buffers (batch-norm running statistics)
   that the forward pass updated.
@@ -63,6 +65,31 @@ def _make_hook(state: Captured, name: str, selector: Selector, track_gradients: 
     return hook
 
 
+def _make_pre_hook(state: Captured) -> Callable:
+    """Start the graph at the layer's *inputs* (used for layers with structured outputs).
+
+    When a layer returns several tensors, the selected one may also feed the others
+    inside the layer (an encoder returning ``(pool(skip), [skip])``). Starting the graph at
+    the layer's inputs keeps those paths, so the gradient with respect to the selected
+    tensor is the total derivative; the cost is the graph of that one layer.
+    """
+
+    def pre_hook(_module: nn.Module, args: tuple) -> tuple | None:
+        if not state.active:
+            return None
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if any(t.requires_grad for t in tensors):
+            return None  # the graph started upstream already
+        return tuple(
+            a.detach().requires_grad_(True).clone()
+            if isinstance(a, torch.Tensor) and a.is_floating_point()
+            else a
+            for a in args
+        )
+
+    return pre_hook
+
+
 @contextmanager
 def capture(
     model: nn.Module,
@@ -81,6 +108,8 @@ def capture(
             for p, _ in flags:
                 p.requires_grad_(False)
         for name, module in layers:
+            if track_gradients and layer_output is not None:
+                handles.append(module.register_forward_pre_hook(_make_pre_hook(state)))
             handles.append(module.register_forward_hook(_make_hook(state, name, layer_output, track_gradients)))
         yield state
     finally:

@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "ImageReadError",
     "MethodNotFoundError",
+    "ValueRangeError",
 ]
 
 
@@ -82,3 +83,16 @@ class ImageReadError(VolcamError, OSError):
 
     def __str__(self) -> str:
         return self.args[0] if self.args else ""
+
+
+class ValueRangeError(VolcamError, ValueError):
+    """Values of an array are not finite, or lie outside the range they must have
+    (a heat volume outside [0, 1], a world point outside the image).
+
+    Attributes:
+        value_range: the (min, max) that was found, when it applies.
+    """
+
+    def __init__(self, message: str, *, value_range: tuple | None = None):
+        super().__init__(message)
+        self.value_range = tuple(value_range) if value_range is not None else None
