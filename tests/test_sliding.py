@@ -1,0 +1,136 @@
+"""Sliding-window CAMs: one window equals the plain CAM; on a larger volume the peak lies on the target."""
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import volcam
+from volcam.errors import TargetError
+from volcam.sliding import sliding_window_cam
+
+
+def small_unet():
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    return UNet(3, 1, 3, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_one_window_equals_plain_cam(method):
+    model = small_unet()
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 16, 16, 12)
+    cam = volcam.get_method(method)(model, "model.1.submodule")
+    targets = [volcam.SegmentationTarget(1), volcam.SegmentationTarget(2, mask="all")]
+    plain = cam.explain(x, targets=targets)
+    heat, out = sliding_window_cam(cam, x, roi_size=(16, 16, 12), sw_batch_size=2, targets=targets)
+    assert heat.shape == (2, 1, 16, 16, 12) and out.shape == (2, 3, 16, 16, 12)
+    torch.testing.assert_close(out, plain.output, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(heat, plain.heat, atol=1e-5, rtol=1e-4)
+    assert float(heat.amax()) == pytest.approx(1.0) and cam.normalize  # normalised once; cam left as it was
+
+
+def test_one_window_with_user_mask_and_default_target():
+    model = small_unet()
+    torch.manual_seed(2)
+    x = torch.randn(1, 1, 12, 12, 12)
+    cam = volcam.GradCAM(model, "model.1.submodule")
+    mask = torch.zeros(12, 12, 12)
+    mask[2:7, 3:9, 4:10] = 1
+    plain = cam(x, targets=volcam.SegmentationTarget(2, mask=mask))
+    heat, _ = sliding_window_cam(cam, x, roi_size=-1, targets=volcam.SegmentationTarget(2, mask=mask))
+    torch.testing.assert_close(heat, plain, atol=1e-5, rtol=1e-4)
+    # None: the class with the largest predicted volume, as cam(x) chooses it
+    torch.testing.assert_close(sliding_window_cam(cam, x, 12).heat, cam(x), atol=1e-5, rtol=1e-4)
+    raw = volcam.GradCAM(model, "model.1.submodule", normalize=False)
+    torch.testing.assert_close(sliding_window_cam(raw, x, 12, targets=1).heat, raw(x, targets=1),
+                               atol=1e-6, rtol=1e-4)
+
+
+class BlobNet(nn.Module):
+    """feat = [box3(x), -box3(x)] -> ReLU -> logits [background = 0.5 - f0, blob = f0 - 0.5].
+
+    A voxel is predicted as class 1 where the 3x3x3 mean intensity exceeds 0.5.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.feat = nn.Conv3d(1, 2, 3, padding=1, bias=False)
+        self.act = nn.ReLU()
+        self.head = nn.Conv3d(2, 2, 1)
+        with torch.no_grad():
+            self.feat.weight.copy_(torch.stack([torch.ones(1, 3, 3, 3), -torch.ones(1, 3, 3, 3)]) / 27)
+            self.head.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]).view(2, 2, 1, 1, 1))
+            self.head.bias.copy_(torch.tensor([0.5, -0.5]))
+
+    def forward(self, x):
+        return self.head(self.act(self.feat(x)))
+
+
+def _ball(shape, center, radius):
+    grid = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
+    return sum((g - c) ** 2 for g, c in zip(grid, center)) <= radius**2
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+def test_peak_on_target_in_large_volume(mode):
+    shape = (40, 36, 32)
+    torch.manual_seed(3)
+    x = 0.1 * torch.randn(2, 1, *shape)
+    balls = [_ball(shape, (30, 8, 22), 4), _ball(shape, (6, 25, 9), 4)]  # one blob per sample
+    for b, ball in enumerate(balls):
+        x[b, 0][ball] = 1.0
+    cam = volcam.GradCAM(BlobNet(), "act")
+    heat, out = sliding_window_cam(cam, x, roi_size=16, sw_batch_size=3, overlap=0.25, mode=mode, targets=1)
+    for b, ball in enumerate(balls):
+        peak = torch.nonzero(heat[b, 0] == heat[b, 0].max())[0]
+        assert ball[tuple(peak)], (b, peak.tolist())
+        # the map is far hotter on the blob than away from it
+        near = torch.nn.functional.max_pool3d(ball[None, None].float(), 5, 1, 2)[0, 0] > 0
+        assert float(heat[b, 0][ball].mean()) > 20 * float(heat[b, 0][~near].mean())
+        # the stitched prediction finds the blob (its rim is blurred by the 3x3x3 mean)
+        pred = out[b].argmax(0) == 1
+        assert float((pred & ball).sum() / ball.sum()) > 0.5 and not bool((pred & ~near).any())
+
+
+def test_user_mask_restricts_the_map_to_one_of_two_blobs():
+    shape = (36, 36, 20)
+    x = torch.zeros(1, 1, *shape)
+    left, right = _ball(shape, (9, 9, 10), 4), _ball(shape, (27, 27, 10), 4)
+    x[0, 0][left | right] = 1.0
+    cam = volcam.GradCAM(BlobNet(), "act")
+    target = volcam.SegmentationTarget(1, mask=right)
+    heat, _ = sliding_window_cam(cam, x, roi_size=(20, 20, 20), overlap=0.5, targets=target)
+    assert float(heat[0, 0][right].mean()) > 0.5
+    # windows holding only the left blob have an empty mask: no evidence there
+    assert float(heat[0, 0][left].max()) < 0.05
+
+
+def test_bad_targets():
+    cam = volcam.GradCAM(BlobNet(), "act")
+    x = torch.zeros(2, 1, 8, 8, 8)
+    with pytest.raises(TargetError, match="one entry per sample"):
+        sliding_window_cam(cam, x, 8, targets=[1])
+    with pytest.raises(TargetError, match="must be None, an int class or a SegmentationTarget"):
+        sliding_window_cam(cam, x, 8, targets=lambda out: out.sum())
+    with pytest.raises(TargetError, match=r"spatial shape \[8, 8, 8\]"):
+        sliding_window_cam(cam, x, 8, targets=volcam.SegmentationTarget(1, mask=torch.ones(4, 4, 4)))
+
+
+def test_import_stays_light():
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = (
+        "import sys, volcam, volcam.sliding; assert callable(volcam.sliding_window_cam);"
+        "print(sorted(m for m in ('matplotlib', 'nibabel', 'ignite', 'monai') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=root, env=env)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,55 @@
+"""``volcam layers CONFIG``: the modules of the config's network with their output shapes."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="run configuration (.yaml or .json)")
+    parser.add_argument("--override", "-o", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
+                        help="set a config value (dotted key, YAML value); may be repeated")
+    parser.add_argument("--input-size", metavar="N", type=int, nargs="+",
+                        help="spatial size of the dummy input (default: input_size, else "
+                             "sliding_window.roi_size, else 64 per axis)")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="only list modules up to this many dots deep in their name")
+
+
+def example_input(config, size=None):
+    """A zero input ``[1, C, *S]`` for the config's network (C from network_def.in_channels)."""
+    import torch
+
+    from volcam.errors import ConfigError
+
+    dims = config.spatial_dims
+    size = size or config["input_size"] or config["sliding_window.roi_size"] or [64] * dims
+    if len(size) == 1:
+        size = list(size) * dims
+    if len(size) != dims:
+        raise ConfigError(f"--input-size must have {dims} entries (one per spatial axis), not {list(size)}",
+                          key="input_size")
+    net = config.parser.get("network_def") or {}
+    channels = net.get("in_channels", 1) if isinstance(net, dict) else 1
+    channels = channels if isinstance(channels, int) else int(config.parsed("network_def.in_channels"))
+    return torch.zeros(1, channels, *size)
+
+
+def main(args: argparse.Namespace) -> int:
+    from volcam.config import load_config
+    from volcam.layers import list_layers
+
+    config = load_config(args.config, args.override)
+    model = config.build_network(load_weights=False)
+    x = example_input(config, args.input_size)
+    layers = list_layers(model, x)
+    if args.depth is not None:
+        layers = [l for l in layers if l.name == "(model)" or l.name.count(".") < args.depth]
+    width = max(len(l.name) for l in layers)
+    type_width = max(len(l.type_name) for l in layers)
+    print(f"{type(model).__name__} on an input of shape {list(x.shape)}; "
+          f"target layers are set with cam.target_layers")
+    print(f"{'name':<{width}}  {'type':<{type_width}}  {'params':>9}  output")
+    for l in layers:
+        print(f"{l.name:<{width}}  {l.type_name:<{type_width}}  {l.num_parameters:>9}  {l.output_shape}")
+    return 0
