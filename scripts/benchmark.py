@@ -437,16 +437,23 @@ def profile_case(case: Case, device: torch.device, layer_name: str, kinds: list[
 
 # --------------------------------------------------------------------------- sliding window
 def bench_sliding(device: torch.device, args, log) -> dict:
-    """Full-volume CAM through the sliding window vs MONAI sliding-window inference."""
+    """Full-volume CAM through the sliding window vs MONAI sliding-window inference.
+
+    Same network (the 3D UNet), same volume, ROI, window batch, overlap and blending.
+    On CUDA also: the peak memory at a second, smaller volume (the growth per voxel is
+    what the stitched volumes cost; the rest is bounded by the ROI), one window batch on
+    its own, and both stitched in host memory (``device="cpu"``), where the GPU holds only
+    the windows.
+    """
     from monai.inferers import sliding_window_inference
 
+    sliding_cam = getattr(volcam, "sliding_window_cam", None)
     shape = tuple(args.sliding_shape)
     roi = (args.sliding_roi,) * 3
     model = build_network("unet", 3).to(device)
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn((1, 1, *shape), generator=gen).to(device)
     layer = LAYERS["unet"]["last decoder"]
-    common = {"overlap": args.sliding_overlap, "mode": "constant"}
+    cam = volcam.GradCAM(model, layer)
+    sw = {"roi_size": roi, "sw_batch_size": args.sliding_batch, "overlap": args.sliding_overlap, "mode": "constant"}
     result: dict[str, Any] = {
         "device": device.type,
         "network": "UNet 3D",
@@ -454,58 +461,83 @@ def bench_sliding(device: torch.device, args, log) -> dict:
         "roi": list(roi),
         "sw_batch_size": args.sliding_batch,
         "overlap": args.sliding_overlap,
+        "mode": "constant",
         "layer": layer,
+        "target": f"class {CATEGORY}, the region each window predicts as the class",
         "rows": [],
     }
-
-    def infer():
-        with torch.no_grad():
-            return sliding_window_inference(x, roi, args.sliding_batch, model, **common)
-
-    runners = {"MONAI sliding_window_inference": infer}
-    sliding_cam = getattr(volcam, "sliding_window_cam", None)
     if sliding_cam is None:
         result["pending"] = "volcam.sliding_window_cam is not available in this checkout"
-    else:
-        cam = volcam.GradCAM(model, layer)
 
-        def cam_run():
-            return sliding_cam(
-                cam, x, roi_size=roi, sw_batch_size=args.sliding_batch, targets=CATEGORY, **common
-            )
+    def volume(s: tuple[int, ...]) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(2)
+        return torch.randn((1, 1, *s), generator=gen).to(device)
 
-        runners["volcam sliding_window_cam (GradCAM)"] = cam_run
+    def runners(x: torch.Tensor, stitch: str | None = None) -> dict[str, Callable[[], Any]]:
+        where = {} if stitch is None else {"device": stitch}
 
-    # one window batch alone: what the ROI costs, independent of the volume
-    window = x[(slice(None), slice(None)) + tuple(slice(0, r) for r in roi)].repeat(args.sliding_batch, 1, 1, 1, 1)
+        def infer():
+            with torch.no_grad():
+                return sliding_window_inference(x, predictor=model, **sw, **where)
 
-    def window_infer():
-        with torch.no_grad():
-            return model(window)
+        out = {"MONAI sliding_window_inference": infer}
+        if sliding_cam is not None:
+            out["volcam sliding_window_cam (GradCAM)"] = lambda: sliding_cam(cam, x, targets=CATEGORY, **sw, **where)
+        return out
 
-    def window_cam():
-        return volcam.GradCAM(model, layer).explain(window, CATEGORY)
-
-    log(f"  sliding window on {shape}, roi {roi}, {len(runners)} runners")
-    times = time_runners(runners, device, 1, {k: args.sliding_repeats for k in runners}, log)
-    volume_bytes = x.numel() * x.element_size()
-    for name, run in runners.items():
-        row = {"method": name, **summarize(times[name])}
+    x = volume(shape)
+    main = runners(x)
+    log(f"  sliding window on {shape}, roi {roi}, {len(main)} runners")
+    times = time_runners(main, device, 1, {k: args.sliding_repeats for k in main}, log)
+    for name, run in main.items():
+        row = {"method": name, "stitched_on": device.type, **summarize(times[name])}
         if device.type == "cuda":
-            row.update(gpu_peak(run, device, volume_bytes))
+            row.update(gpu_peak(run, device, x.numel() * x.element_size()))
         result["rows"].append(row)
     ref = result["rows"][0]
     for r in result["rows"]:
         r["time_x_inference"] = r["median_ms"] / ref["median_ms"]
         if "peak_mb" in r:
             r["peak_x_inference"] = r["peak_mb"] / ref["peak_mb"]
+    result["volume_mb"] = x.numel() * x.element_size() / MB
+
     if device.type == "cuda":
+        # one window batch alone: what the ROI costs, whatever the volume
+        window = x[(slice(None), slice(None)) + tuple(slice(0, r) for r in roi)].repeat(args.sliding_batch, 1, 1, 1, 1)
+
+        def window_infer():
+            with torch.no_grad():
+                return model(window)
+
+        wbytes = window.numel() * window.element_size()
         result["one_window_batch"] = {
-            "inference": gpu_peak(window_infer, device, window.numel() * window.element_size()),
-            "GradCAM": gpu_peak(window_cam, device, window.numel() * window.element_size()),
+            "inference": gpu_peak(window_infer, device, wbytes),
+            "GradCAM": gpu_peak(lambda: cam.explain(window, CATEGORY), device, wbytes),
         }
-    result["volume_mb"] = volume_bytes / MB
-    del x, model, window
+        del window
+        # growth of the peak with the volume: a smaller volume, same ROI
+        small_shape = tuple(max(r, s // 2) for r, s in zip(roi, shape))
+        small = volume(small_shape)
+        growth = {"small_volume": list(small_shape)}
+        for name, run in runners(small).items():
+            run()
+            peak_small = gpu_peak(run, device, small.numel() * small.element_size())["peak_mb"]
+            peak_big = next(r["peak_mb"] for r in result["rows"] if r["method"] == name)
+            per_voxel = (peak_big - peak_small) * MB / (x.numel() - small.numel())
+            growth[name] = {"peak_small_mb": peak_small, "peak_mb": peak_big, "bytes_per_voxel": per_voxel,
+                            "intercept_mb": peak_big - per_voxel * x.numel() / MB}
+        result["growth"] = growth
+        del small
+        if args.sliding_host_stitch:
+            host = runners(x, stitch="cpu")
+            log("  stitched in host memory")
+            htimes = time_runners(host, device, 1, {k: 1 for k in host}, log)
+            for name, run in host.items():
+                row = {"method": name, "stitched_on": "cpu", **summarize(htimes[name])}
+                row.update(gpu_peak(run, device, x.numel() * x.element_size()))
+                row["time_x_inference"] = row["median_ms"] / ref["median_ms"]
+                result["rows"].append(row)
+    del x, model, cam
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -589,7 +621,7 @@ def check_targets(rows: list[dict], sliding: list[dict], png: dict | None) -> li
                 if batched and loop:
                     out.append(_target(f"{device} {case} @ {layer}: ScoreCAM loop time / batched", loop / batched, 2.0, "min"))
     for s in sliding:
-        cam = next((r for r in s["rows"] if r["method"].startswith("volcam")), None)
+        cam = next((r for r in s["rows"] if r["method"].startswith("volcam") and r["stitched_on"] == s["device"]), None)
         if cam is not None:
             out.append(_target(f"{s['device']} sliding window {s['volume']}: CAM time / inference", cam["time_x_inference"], 1.5, "max"))
     if png and "median_ms" in png:
@@ -608,14 +640,16 @@ def markdown(report: dict) -> str:
     for key in ("date", "torch", "monai", "captum", "python", "platform", "cpu_count", "torch_threads", "cuda_device"):
         if env.get(key) is not None:
             lines.append(f"- {key}: {env[key]}")
-    lines.append(f"- repeats: {report['settings']['repeats']} (ScoreCAM {report['settings']['scorecam_repeats']}), "
-                 f"warm-up {report['settings']['warmup']}, ScoreCAM batch {report['settings']['scorecam_batch']}")
     lines.append("")
     for device in sorted({r["device"] for r in report["rows"]}):
         rows = [r for r in report["rows"] if r["device"] == device]
         mem_note = ("peak = torch.cuda.max_memory_allocated (model + input + the call)" if device == "cuda"
                     else "peak = peak RSS of a separate process (libraries included); extra = growth during the call")
-        lines += [f"## {device.upper()}", "", f"Times: median of the repetitions (IQR in brackets); {mem_note}.", ""]
+        st = report["settings"][device]
+        lines += [f"## {device.upper()}", "",
+                  f"Times: median of {st['repeats']} interleaved repetitions (ScoreCAM {st['scorecam_repeats']}) after "
+                  f"{st['warmup']} warm-up call(s), IQR beside it; ScoreCAM batched = batch_size {st['scorecam_batch']}; "
+                  f"{mem_note}.", ""]
         lines.append("| case | layer | method | median ms | IQR ms | x inference | peak MB | x inference | extra MB |")
         lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
@@ -628,18 +662,30 @@ def markdown(report: dict) -> str:
     for s in report.get("sliding", []):
         lines += [f"## Sliding window ({s['device']})", "",
                   f"{s['network']}, volume {'x'.join(map(str, s['volume']))}, ROI {'x'.join(map(str, s['roi']))}, "
-                  f"sw_batch_size {s['sw_batch_size']}, overlap {s['overlap']}, layer `{s['layer']}`.", ""]
+                  f"sw_batch_size {s['sw_batch_size']}, overlap {s['overlap']}, {s['mode']} blending, "
+                  f"layer `{s['layer']}`, target {s['target']}.", ""]
         if s.get("pending"):
             lines += [f"Sliding-window CAM pending: {s['pending']}.", ""]
-        lines.append("| method | median ms | x inference | peak MB | x inference |")
-        lines.append("|---|---:|---:|---:|---:|")
+        lines.append("| method | stitched on | median ms | x inference | peak MB | x inference |")
+        lines.append("|---|---|---:|---:|---:|---:|")
         for r in s["rows"]:
-            lines.append(f"| {r['method']} | {_fmt(r['median_ms'])} | {_fmt(r['time_x_inference'], '.2f')} | "
+            lines.append(f"| {r['method']} | {r['stitched_on']} | {_fmt(r['median_ms'])} | {_fmt(r['time_x_inference'], '.2f')} | "
                          f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('peak_x_inference'), '.2f')} |")
+        lines.append("")
         if "one_window_batch" in s:
             w = s["one_window_batch"]
-            lines += ["", f"One batch of {s['sw_batch_size']} windows alone: inference peak {w['inference']['peak_mb']:.0f} MB, "
-                      f"GradCAM peak {w['GradCAM']['peak_mb']:.0f} MB; the input volume itself is {s['volume_mb']:.0f} MB."]
+            lines.append(f"One batch of {s['sw_batch_size']} windows alone: inference peak {w['inference']['peak_mb']:.0f} MB, "
+                         f"GradCAM peak {w['GradCAM']['peak_mb']:.0f} MB. The input volume is {s['volume_mb']:.0f} MB.")
+        if "growth" in s:
+            g = s["growth"]
+            lines.append(f"Peak memory against volume size (second volume {'x'.join(map(str, g['small_volume']))}):")
+            lines.append("")
+            lines.append("| method | peak MB (small) | peak MB | bytes per voxel | intercept MB |")
+            lines.append("|---|---:|---:|---:|---:|")
+            for name, v in g.items():
+                if isinstance(v, dict):
+                    lines.append(f"| {name} | {v['peak_small_mb']:.0f} | {v['peak_mb']:.0f} | "
+                                 f"{v['bytes_per_voxel']:.1f} | {v['intercept_mb']:.0f} |")
         lines.append("")
     png = report.get("png")
     if png:
@@ -650,11 +696,11 @@ def markdown(report: dict) -> str:
             lines += [f"{png['slices']} axial slices of a {png['shape'][0]}x{png['shape'][1]}x{png['shape'][2]} volume, "
                       f"{png['cpu_count']} cores: median {png['median_ms'] / 1000:.2f} s ({png['n']} runs).", ""]
     if report["targets"]:
-        lines += ["## Targets", "", "| target | measured | limit | met | by |", "|---|---:|---:|---|---:|"]
+        lines += ["## Targets", "", "| target | measured | limit | met | missed by |", "|---|---:|---:|---|---:|"]
         for t in report["targets"]:
             op = "<=" if t["kind"] == "max" else ">="
             met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
-            by = "-" if t["by"] is None else (f"{t['by'] * 100:+.0f}%")
+            by = "-" if not t["by"] or t["met"] else f"{t['by'] * 100:.0f}%"
             lines.append(f"| {t['target']} | {_fmt(t['value'], '.2f')} | {op} {t['limit']} | {met} | {by} |")
         lines.append("")
     return "\n".join(lines)
@@ -729,6 +775,8 @@ def parse_args(argv=None):
     p.add_argument("--sliding-overlap", type=float, default=0.25)
     p.add_argument("--sliding-repeats", type=int, default=3)
     p.add_argument("--sliding-devices", default="cuda", help="devices for --sliding (CPU is slow at 512x512x256)")
+    p.add_argument("--sliding-host-stitch", action="store_true",
+                   help="on CUDA also stitch in host memory (device='cpu')")
     p.add_argument("--png", action="store_true", help="time the export of slice PNGs (CPU)")
     p.add_argument("--png-slices", type=int, default=300)
     p.add_argument("--png-repeats", type=int, default=3)
@@ -754,6 +802,7 @@ def main(argv=None) -> int:
 
     rows: list[dict] = []
     profiles: list[str] = []
+    settings: dict[str, dict] = {}
     for device in devices:
         gpu = device.type == "cuda"
         full = args.full or gpu
@@ -770,7 +819,9 @@ def main(argv=None) -> int:
         dev_args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
         dev_args.scorecam = args.scorecam or ("all" if gpu else "last")
         dev_args.scorecam_repeats = args.scorecam_repeats or (dev_args.repeats if gpu else 3)
-        args.settings = {k: getattr(dev_args, k) for k in ("repeats", "warmup", "scorecam", "scorecam_repeats", "scorecam_batch")}
+        settings[device.type] = {
+            k: getattr(dev_args, k) for k in ("repeats", "warmup", "scorecam", "scorecam_repeats", "scorecam_batch")
+        }
         for case in cases:
             log(f"[{device.type}] {case.label}")
             t0 = time.perf_counter()
@@ -796,7 +847,7 @@ def main(argv=None) -> int:
 
     report = {
         "environment": environment(devices),
-        "settings": getattr(args, "settings", {}),
+        "settings": settings,
         "rows": rows,
         "sliding": sliding,
         "png": png,
