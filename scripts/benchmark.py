@@ -637,7 +637,8 @@ def _fmt(v, spec=".1f", none="-"):
 def markdown(report: dict) -> str:
     lines = [f"# volcam benchmark", ""]
     env = report["environment"]
-    for key in ("date", "torch", "monai", "captum", "python", "platform", "cpu_count", "torch_threads", "cuda_device"):
+    for key in ("date", "torch", "monai", "captum", "python", "platform", "processor", "cpu_count", "torch_threads",
+                "cuda_device", "cuda", "cudnn", "tf32_conv", "cudnn_benchmark"):
         if env.get(key) is not None:
             lines.append(f"- {key}: {env[key]}")
     lines.append("")
@@ -737,6 +738,7 @@ def environment(devices: list[torch.device]) -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda_device": None,
     }
     if any(d.type == "cuda" for d in devices):
@@ -803,6 +805,20 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     profiles: list[str] = []
     settings: dict[str, dict] = {}
+    report = {"environment": environment(devices), "settings": settings, "rows": rows, "sliding": [], "png": None}
+
+    def save(final: bool = False) -> None:
+        """Write what is measured so far (a run cut short still leaves its results)."""
+        report["targets"] = check_targets(rows, report["sliding"], report["png"])
+        report["complete"] = final
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "benchmark.json").write_text(json.dumps(report, indent=1))
+            (args.out / "benchmark.md").write_text(markdown(report))
+            if profiles:
+                (args.out / "profile.md").write_text("\n".join(profiles))
+
+    to_profile = []
     for device in devices:
         gpu = device.type == "cuda"
         full = args.full or gpu
@@ -825,44 +841,34 @@ def main(argv=None) -> int:
         for case in cases:
             log(f"[{device.type}] {case.label}")
             t0 = time.perf_counter()
-            rows += bench_case(case, device, dev_args, log)
+            rows.extend(bench_case(case, device, dev_args, log))
             log(f"  ({time.perf_counter() - t0:.0f} s)")
-        if args.profile:
-            big = [c for c in cases if c.dims == 3]
-            if big:
-                top = max(c.size for c in big)
-                for case in [c for c in big if c.size == top]:
-                    for layer_name in LAYERS[case.network]:
-                        log(f"[{device.type}] profile {case.label} @ {layer_name}")
-                        profiles.append(profile_case(case, device, layer_name,
-                                                     ["inference", "volcam GradCAM", "MONAI GradCAM"], dev_args))
-    sliding = []
+            save()
+        big = [c for c in cases if c.dims == 3]
+        if args.profile and big:
+            top = max(c.size for c in big)
+            to_profile += [(case, device, dev_args) for case in big if case.size == top]
     if args.sliding:
         for name in args.sliding_devices.split(","):
             device = torch.device(name.strip())
             if device in devices:
                 log(f"[{device.type}] sliding window")
-                sliding.append(bench_sliding(device, args, log))
-    png = bench_png(args, log) if args.png else None
-
-    report = {
-        "environment": environment(devices),
-        "settings": settings,
-        "rows": rows,
-        "sliding": sliding,
-        "png": png,
-    }
-    report["targets"] = check_targets(rows, sliding, png)
+                report["sliding"].append(bench_sliding(device, args, log))
+                save()
+    if args.png:
+        report["png"] = bench_png(args, log)
+        save()
+    for case, device, dev_args in to_profile:
+        for layer_name in LAYERS[case.network]:
+            log(f"[{device.type}] profile {case.label} @ {layer_name}")
+            profiles.append(profile_case(case, device, layer_name, ["inference", "volcam GradCAM", "MONAI GradCAM"], dev_args))
+            save()
+    save(final=True)
     print_table(rows)
     md = markdown(report)
     print()
-    print(md[md.find("## Targets"):] if "## Targets" in md else "")
+    print(md[md.find("## Sliding"):] if "## Sliding" in md else md[md.find("## Targets"):])
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "benchmark.json").write_text(json.dumps(report, indent=1))
-        (args.out / "benchmark.md").write_text(md)
-        if profiles:
-            (args.out / "profile.md").write_text("\n".join(profiles))
         log(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.md'}")
     return 0
 
