@@ -287,13 +287,21 @@ def _proc_status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _child_runner(spec: dict) -> Callable[[], Any]:
+    """Build, in the measurement process, what ``spec`` describes; return the call to measure."""
+    cpu = torch.device("cpu")
+    if spec["kind"] == "sliding":
+        parts = sliding_setup(tuple(spec["shape"]), spec["roi"], spec["batch"], spec["overlap"], cpu)
+        return sliding_runners(*parts)[spec["runner"]]
+    model, x, mask = build_case(Case(**spec["case"]), cpu)
+    return make_runner(spec["runner"], model, spec["layer"], x, mask, spec["scorecam_batch"])
+
+
 def _cpu_peak_child(spec: dict, conn) -> None:
-    """Runs in a separate process: build the case, reset the RSS high-water mark, run once."""
+    """Runs in a separate process: build the inputs, reset the RSS high-water mark, run once."""
     try:
         torch.set_num_threads(spec["threads"])
-        case = Case(**spec["case"])
-        model, x, mask = build_case(case, torch.device("cpu"))
-        run = make_runner(spec["runner"], model, spec["layer"], x, mask, spec["scorecam_batch"])
+        run = _child_runner(spec)
         gc.collect()
         try:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -323,11 +331,10 @@ def _mp_context():
     return _MP_CONTEXT
 
 
-def cpu_peak(case: Case, runner: str, layer: str | None, threads: int, scorecam_batch: int) -> dict[str, float]:
+def cpu_peak(spec: dict) -> dict[str, float]:
     """Peak resident memory of a separate process running one call (see module docstring)."""
     ctx = _mp_context()
     parent, child = ctx.Pipe(duplex=False)
-    spec = {"case": asdict(case), "runner": runner, "layer": layer, "threads": threads, "scorecam_batch": scorecam_batch}
     proc = ctx.Process(target=_cpu_peak_child, args=(spec, child))
     proc.start()
     child.close()
@@ -392,7 +399,8 @@ def bench_case(case: Case, device: torch.device, args, log) -> list[dict]:
                 row.update(gpu_peak(run, device, resident))
             else:
                 layer = LAYERS[case.network][layer_name] if layer_name else None
-                mem = cpu_peak(case, kind, layer, torch.get_num_threads(), args.scorecam_batch)
+                mem = cpu_peak({"kind": "case", "case": asdict(case), "runner": kind, "layer": layer,
+                                "threads": torch.get_num_threads(), "scorecam_batch": args.scorecam_batch})
                 if "error" in mem:
                     log(f"    memory of {key}: {mem['error']}")
                 row.update({k: v for k, v in mem.items() if k != "error"})
@@ -436,74 +444,101 @@ def profile_case(case: Case, device: torch.device, layer_name: str, kinds: list[
 
 
 # --------------------------------------------------------------------------- sliding window
+SLIDING_INFERENCE = "MONAI sliding_window_inference"
+SLIDING_CAM = "volcam sliding_window_cam (GradCAM)"
+
+
+def sliding_setup(shape: tuple[int, ...], roi: int, batch: int, overlap: float, device: torch.device):
+    """The 3D UNet, a GradCAM at its last decoder block, a volume ``[1, 1, *shape]`` and the
+    sliding-window settings shared by inference and CAM."""
+    model = build_network("unet", 3).to(device)
+    cam = volcam.GradCAM(model, LAYERS["unet"]["last decoder"])
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn((1, 1, *shape), generator=gen).to(device)
+    sw = {"roi_size": (roi,) * 3, "sw_batch_size": batch, "overlap": overlap, "mode": "constant"}
+    return model, cam, x, sw
+
+
+def sliding_runners(model, cam, x, sw, stitch: str | None = None) -> dict[str, Callable[[], Any]]:
+    """Inference and CAM of the whole volume; ``stitch``: where the stitched volumes live
+    (default: ``x``'s device)."""
+    from monai.inferers import sliding_window_inference
+
+    where = {} if stitch is None else {"device": stitch}
+
+    def infer():
+        with torch.no_grad():
+            return sliding_window_inference(x, predictor=model, **sw, **where)
+
+    out = {SLIDING_INFERENCE: infer}
+    sliding_cam = getattr(volcam, "sliding_window_cam", None)
+    if sliding_cam is not None:
+        out[SLIDING_CAM] = lambda: sliding_cam(cam, x, targets=CATEGORY, **sw, **where)
+    return out
+
+
 def bench_sliding(device: torch.device, args, log) -> dict:
     """Full-volume CAM through the sliding window vs MONAI sliding-window inference.
 
     Same network (the 3D UNet), same volume, ROI, window batch, overlap and blending.
-    On CUDA also: the peak memory at a second, smaller volume (the growth per voxel is
-    what the stitched volumes cost; the rest is bounded by the ROI), one window batch on
-    its own, and both stitched in host memory (``device="cpu"``), where the GPU holds only
-    the windows.
+    Peak memory also at a second, smaller volume: the growth per voxel is what the stitched
+    volumes cost, the rest (the intercept) is bounded by the ROI. On CUDA also one window
+    batch on its own, and both stitched in host memory (``device="cpu"``), where the GPU
+    holds only the windows.
     """
-    from monai.inferers import sliding_window_inference
-
-    sliding_cam = getattr(volcam, "sliding_window_cam", None)
     shape = tuple(args.sliding_shape)
-    roi = (args.sliding_roi,) * 3
-    model = build_network("unet", 3).to(device)
-    layer = LAYERS["unet"]["last decoder"]
-    cam = volcam.GradCAM(model, layer)
-    sw = {"roi_size": roi, "sw_batch_size": args.sliding_batch, "overlap": args.sliding_overlap, "mode": "constant"}
+    gpu = device.type == "cuda"
+    model, cam, x, sw = sliding_setup(shape, args.sliding_roi, args.sliding_batch, args.sliding_overlap, device)
     result: dict[str, Any] = {
         "device": device.type,
         "network": "UNet 3D",
         "volume": list(shape),
-        "roi": list(roi),
+        "roi": list(sw["roi_size"]),
         "sw_batch_size": args.sliding_batch,
         "overlap": args.sliding_overlap,
-        "mode": "constant",
-        "layer": layer,
+        "mode": sw["mode"],
+        "layer": LAYERS["unet"]["last decoder"],
         "target": f"class {CATEGORY}, the region each window predicts as the class",
         "rows": [],
+        "volume_mb": x.numel() * x.element_size() / MB,
     }
-    if sliding_cam is None:
+    main = sliding_runners(model, cam, x, sw)
+    if SLIDING_CAM not in main:
         result["pending"] = "volcam.sliding_window_cam is not available in this checkout"
-
-    def volume(s: tuple[int, ...]) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(2)
-        return torch.randn((1, 1, *s), generator=gen).to(device)
-
-    def runners(x: torch.Tensor, stitch: str | None = None) -> dict[str, Callable[[], Any]]:
-        where = {} if stitch is None else {"device": stitch}
-
-        def infer():
-            with torch.no_grad():
-                return sliding_window_inference(x, predictor=model, **sw, **where)
-
-        out = {"MONAI sliding_window_inference": infer}
-        if sliding_cam is not None:
-            out["volcam sliding_window_cam (GradCAM)"] = lambda: sliding_cam(cam, x, targets=CATEGORY, **sw, **where)
-        return out
-
-    x = volume(shape)
-    main = runners(x)
-    log(f"  sliding window on {shape}, roi {roi}, {len(main)} runners")
-    times = time_runners(main, device, 1, {k: args.sliding_repeats for k in main}, log)
+    log(f"  sliding window on {shape}, roi {sw['roi_size']}, {len(main)} runners")
+    warmup = 1 if gpu else args.sliding_cpu_warmup
+    times = time_runners(main, device, warmup, {k: args.sliding_repeats for k in main}, log)
+    small_shape = tuple(max(args.sliding_roi, s // 2) for s in shape)
+    small_voxels = 1
+    for v in small_shape:
+        small_voxels *= v
+    peaks: dict[str, dict] = {}
     for name, run in main.items():
         row = {"method": name, "stitched_on": device.type, **summarize(times[name])}
-        if device.type == "cuda":
-            row.update(gpu_peak(run, device, x.numel() * x.element_size()))
+        if not args.no_memory:
+            if gpu:
+                row.update(gpu_peak(run, device, x.numel() * x.element_size()))
+            else:
+                spec = {"kind": "sliding", "shape": list(shape), "roi": args.sliding_roi, "batch": args.sliding_batch,
+                        "overlap": args.sliding_overlap, "runner": name, "threads": torch.get_num_threads()}
+                big = cpu_peak(spec)
+                small = cpu_peak({**spec, "shape": list(small_shape)})
+                row.update({k: v for k, v in big.items() if k != "error"})
+                peaks[name] = {"small": small.get("peak_mb"), "big": big.get("peak_mb")}
+                if "error" in big or "error" in small:
+                    log(f"    memory of {name}: {big.get('error') or small.get('error')}")
         result["rows"].append(row)
+        log(f"    {name}: {row['median_ms']:.0f} ms, peak {row.get('peak_mb', float('nan')):.0f} MB")
     ref = result["rows"][0]
     for r in result["rows"]:
         r["time_x_inference"] = r["median_ms"] / ref["median_ms"]
-        if "peak_mb" in r:
+        if r.get("peak_mb") and ref.get("peak_mb"):
             r["peak_x_inference"] = r["peak_mb"] / ref["peak_mb"]
-    result["volume_mb"] = x.numel() * x.element_size() / MB
 
-    if device.type == "cuda":
+    if gpu and not args.no_memory:
         # one window batch alone: what the ROI costs, whatever the volume
-        window = x[(slice(None), slice(None)) + tuple(slice(0, r) for r in roi)].repeat(args.sliding_batch, 1, 1, 1, 1)
+        window = x[(slice(None), slice(None)) + tuple(slice(0, r) for r in sw["roi_size"])]
+        window = window.repeat(args.sliding_batch, 1, 1, 1, 1)
 
         def window_infer():
             with torch.no_grad():
@@ -515,31 +550,33 @@ def bench_sliding(device: torch.device, args, log) -> dict:
             "GradCAM": gpu_peak(lambda: cam.explain(window, CATEGORY), device, wbytes),
         }
         del window
-        # growth of the peak with the volume: a smaller volume, same ROI
-        small_shape = tuple(max(r, s // 2) for r, s in zip(roi, shape))
-        small = volume(small_shape)
-        growth = {"small_volume": list(small_shape)}
-        for name, run in runners(small).items():
+        small = sliding_setup(small_shape, args.sliding_roi, args.sliding_batch, args.sliding_overlap, device)[2]
+        for name, run in sliding_runners(model, cam, small, sw).items():
             run()
-            peak_small = gpu_peak(run, device, small.numel() * small.element_size())["peak_mb"]
-            peak_big = next(r["peak_mb"] for r in result["rows"] if r["method"] == name)
-            per_voxel = (peak_big - peak_small) * MB / (x.numel() - small.numel())
-            growth[name] = {"peak_small_mb": peak_small, "peak_mb": peak_big, "bytes_per_voxel": per_voxel,
-                            "intercept_mb": peak_big - per_voxel * x.numel() / MB}
-        result["growth"] = growth
+            peaks[name] = {"small": gpu_peak(run, device, small.numel() * small.element_size())["peak_mb"],
+                           "big": next(r["peak_mb"] for r in result["rows"] if r["method"] == name)}
         del small
-        if args.sliding_host_stitch:
-            host = runners(x, stitch="cpu")
-            log("  stitched in host memory")
-            htimes = time_runners(host, device, 1, {k: 1 for k in host}, log)
-            for name, run in host.items():
-                row = {"method": name, "stitched_on": "cpu", **summarize(htimes[name])}
-                row.update(gpu_peak(run, device, x.numel() * x.element_size()))
-                row["time_x_inference"] = row["median_ms"] / ref["median_ms"]
-                result["rows"].append(row)
+    if peaks:
+        growth: dict[str, Any] = {"small_volume": list(small_shape)}
+        for name, p in peaks.items():
+            if p["small"] is None or p["big"] is None:
+                continue
+            per_voxel = (p["big"] - p["small"]) * MB / (x.numel() - small_voxels)
+            growth[name] = {"peak_small_mb": p["small"], "peak_mb": p["big"], "bytes_per_voxel": per_voxel,
+                            "intercept_mb": p["big"] - per_voxel * x.numel() / MB}
+        result["growth"] = growth
+    if gpu and args.sliding_host_stitch:
+        host = sliding_runners(model, cam, x, sw, stitch="cpu")
+        log("  stitched in host memory")
+        htimes = time_runners(host, device, 1, {k: 1 for k in host}, log)
+        for name, run in host.items():
+            row = {"method": name, "stitched_on": "cpu", **summarize(htimes[name])}
+            row.update(gpu_peak(run, device, x.numel() * x.element_size()))
+            row["time_x_inference"] = row["median_ms"] / ref["median_ms"]
+            result["rows"].append(row)
     del x, model, cam
     gc.collect()
-    if device.type == "cuda":
+    if gpu:
         torch.cuda.empty_cache()
     return result
 
@@ -664,7 +701,9 @@ def markdown(report: dict) -> str:
         lines += [f"## Sliding window ({s['device']})", "",
                   f"{s['network']}, volume {'x'.join(map(str, s['volume']))}, ROI {'x'.join(map(str, s['roi']))}, "
                   f"sw_batch_size {s['sw_batch_size']}, overlap {s['overlap']}, {s['mode']} blending, "
-                  f"layer `{s['layer']}`, target {s['target']}.", ""]
+                  f"layer `{s['layer']}`, target {s['target']}. "
+                  + ("Peak: torch.cuda.max_memory_allocated (input volume + the call)." if s["device"] == "cuda"
+                     else "Peak: peak RSS of a separate process per measurement (libraries included)."), ""]
         if s.get("pending"):
             lines += [f"Sliding-window CAM pending: {s['pending']}.", ""]
         lines.append("| method | stitched on | median ms | x inference | peak MB | x inference |")
@@ -679,7 +718,9 @@ def markdown(report: dict) -> str:
                          f"GradCAM peak {w['GradCAM']['peak_mb']:.0f} MB. The input volume is {s['volume_mb']:.0f} MB.")
         if "growth" in s:
             g = s["growth"]
-            lines.append(f"Peak memory against volume size (second volume {'x'.join(map(str, g['small_volume']))}):")
+            lines.append(f"Peak memory against volume size (second volume {'x'.join(map(str, g['small_volume']))}): "
+                         "the growth per voxel is what the stitched volumes cost; the intercept (the peak "
+                         "extrapolated to an empty volume) is the part bounded by the ROI.")
             lines.append("")
             lines.append("| method | peak MB (small) | peak MB | bytes per voxel | intercept MB |")
             lines.append("|---|---:|---:|---:|---:|")
@@ -777,6 +818,7 @@ def parse_args(argv=None):
     p.add_argument("--sliding-overlap", type=float, default=0.25)
     p.add_argument("--sliding-repeats", type=int, default=3)
     p.add_argument("--sliding-devices", default="cuda", help="devices for --sliding (CPU is slow at 512x512x256)")
+    p.add_argument("--sliding-cpu-warmup", type=int, default=0, help="untimed sliding-window calls on CPU")
     p.add_argument("--sliding-host-stitch", action="store_true",
                    help="on CUDA also stitch in host memory (device='cpu')")
     p.add_argument("--png", action="store_true", help="time the export of slice PNGs (CPU)")
