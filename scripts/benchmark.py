@@ -229,8 +229,12 @@ def make_runner(
 
 
 # --------------------------------------------------------------------------- measurement
+def on_gpu(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+    if on_gpu(device):
         torch.cuda.synchronize(device)
 
 
@@ -395,7 +399,7 @@ def bench_case(case: Case, device: torch.device, args, log) -> list[dict]:
             **summarize(times[key]),
         }
         if not args.no_memory:
-            if device.type == "cuda":
+            if on_gpu(device):
                 row.update(gpu_peak(run, device, resident))
             else:
                 layer = LAYERS[case.network][layer_name] if layer_name else None
@@ -415,7 +419,7 @@ def bench_case(case: Case, device: torch.device, args, log) -> list[dict]:
             r["extra_x_inference"] = r["extra_mb"] / ref["extra_mb"]
     del runners, model, x, mask
     gc.collect()
-    if device.type == "cuda":
+    if on_gpu(device):
         torch.cuda.empty_cache()
     return rows
 
@@ -427,8 +431,8 @@ def profile_case(case: Case, device: torch.device, layer_name: str, kinds: list[
 
     model, x, mask = build_case(case, device)
     layer = LAYERS[case.network][layer_name]
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu(device) else [])
+    sort = "self_cuda_time_total" if on_gpu(device) else "self_cpu_time_total"
     parts = []
     for kind in kinds:
         run = make_runner(kind, model, None if kind in LAYER_FREE else layer, x, mask, args.scorecam_batch)
@@ -487,7 +491,7 @@ def bench_sliding(device: torch.device, args, log) -> dict:
     holds only the windows.
     """
     shape = tuple(args.sliding_shape)
-    gpu = device.type == "cuda"
+    gpu = on_gpu(device)
     model, cam, x, sw = sliding_setup(shape, args.sliding_roi, args.sliding_batch, args.sliding_overlap, device)
     result: dict[str, Any] = {
         "device": device.type,
@@ -862,7 +866,7 @@ def main(argv=None) -> int:
 
     to_profile = []
     for device in devices:
-        gpu = device.type == "cuda"
+        gpu = on_gpu(device)
         full = args.full or gpu
         cases = default_cases(full)
         if args.sizes:
