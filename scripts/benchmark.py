@@ -662,7 +662,7 @@ def check_targets(rows: list[dict], sliding: list[dict], png: dict | None) -> li
                 if batched and loop:
                     out.append(_target(f"{device} {case} @ {layer}: ScoreCAM loop time / batched", loop / batched, 2.0, "min"))
     for s in sliding:
-        cam = next((r for r in s["rows"] if r["method"].startswith("volcam") and r["stitched_on"] == s["device"]), None)
+        cam = next((r for r in s["rows"] if r["method"].startswith("volcam") and r.get("stitched_on", s["device"]) == s["device"]), None)
         if cam is not None:
             out.append(_target(f"{s['device']} sliding window {s['volume']}: CAM time / inference", cam["time_x_inference"], 1.5, "max"))
     if png and "median_ms" in png:
@@ -701,6 +701,8 @@ def markdown(report: dict) -> str:
                 f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('peak_x_inference'), '.2f')} | {_fmt(r.get('extra_mb'), '.0f')} |"
             )
         lines.append("")
+    for device in sorted({r["device"] for r in report["rows"]}):
+        lines += [f"## {device.upper()}, per case", ""] + compact_tables(report["rows"], device)
     for s in report.get("sliding", []):
         lines += [f"## Sliding window ({s['device']})", "",
                   f"{s['network']}, volume {'x'.join(map(str, s['volume']))}, ROI {'x'.join(map(str, s['roi']))}, "
@@ -713,7 +715,7 @@ def markdown(report: dict) -> str:
         lines.append("| method | stitched on | median ms | x inference | peak MB | x inference |")
         lines.append("|---|---|---:|---:|---:|---:|")
         for r in s["rows"]:
-            lines.append(f"| {r['method']} | {r['stitched_on']} | {_fmt(r['median_ms'])} | {_fmt(r['time_x_inference'], '.2f')} | "
+            lines.append(f"| {r['method']} | {r.get('stitched_on', s['device'])} | {_fmt(r['median_ms'])} | {_fmt(r['time_x_inference'], '.2f')} | "
                          f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('peak_x_inference'), '.2f')} |")
         lines.append("")
         if "one_window_batch" in s:
@@ -750,6 +752,32 @@ def markdown(report: dict) -> str:
             lines.append(f"| {t['target']} | {_fmt(t['value'], '.2f')} | {op} {t['limit']} | {met} | {by} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def compact_tables(rows: list[dict], device: str) -> list[str]:
+    """One table per case: a row per method, both layers side by side (for the README)."""
+    lines: list[str] = []
+    rows = [r for r in rows if r["device"] == device]
+    layers = list(LAYERS["unet"])
+    for case in dict.fromkeys(r["case"] for r in rows):
+        crow = [r for r in rows if r["case"] == case]
+        net = crow[0]["network"]
+        names = " / ".join(f"{lay}: `{LAYERS[net][lay]}`" for lay in layers)
+        lines += [f"**{case}** ({names})", ""]
+        head = "| method | " + " | ".join(f"{lay}: ms | x inf | peak MB" for lay in layers) + " |"
+        lines += [head, "|---|" + "---:|---:|---:|" * len(layers)]
+        methods = list(dict.fromkeys(r["method"] for r in crow))
+        for m in methods:
+            cells = []
+            for lay in layers:
+                r = next((r for r in crow if r["method"] == m and r["layer"] in (lay, "-")), None)
+                if r is None:
+                    cells.append("- | - | -")
+                else:
+                    cells.append(f"{r['median_ms']:.0f} | {r['time_x_inference']:.2f} | {_fmt(r.get('peak_mb'), '.0f')}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def print_table(rows: list[dict]) -> None:
@@ -828,12 +856,39 @@ def parse_args(argv=None):
     p.add_argument("--png", action="store_true", help="time the export of slice PNGs (CPU)")
     p.add_argument("--png-slices", type=int, default=300)
     p.add_argument("--png-repeats", type=int, default=3)
+    p.add_argument("--render", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="measure nothing: merge these benchmark.json files and write/print their Markdown")
     p.add_argument("--out", type=Path, default=None, help="folder for benchmark.json, benchmark.md (and profile.md)")
     return p.parse_args(argv)
 
 
+def render(paths: list[Path], out: Path | None) -> int:
+    """Markdown of one or more earlier runs (e.g. a CPU run and a GPU run from two machines)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {"environment": reports[0]["environment"], "settings": {}, "rows": [], "sliding": [], "png": None}
+    for rep in reports:
+        merged["settings"].update(rep["settings"])
+        merged["rows"] += rep["rows"]
+        merged["sliding"] += rep.get("sliding", [])
+        merged["png"] = merged["png"] or rep.get("png")
+    merged["targets"] = check_targets(merged["rows"], merged["sliding"], merged["png"])
+    md = markdown(merged)
+    if len(reports) > 1:
+        envs = "\n".join(f"- run {i + 1}: " + ", ".join(f"{k} {v}" for k, v in rep["environment"].items() if v is not None)
+                         for i, rep in enumerate(reports))
+        md = md.replace("# volcam benchmark\n", f"# volcam benchmark\n\n{envs}\n", 1)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "benchmark.md").write_text(md)
+    else:
+        print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render, args.out)
     if args.devices is None:
         names = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
