@@ -872,6 +872,8 @@ def render(paths: list[Path], out: Path | None) -> int:
         merged["sliding"] += rep.get("sliding", [])
         merged["png"] = merged["png"] or rep.get("png")
     merged["targets"] = check_targets(merged["rows"], merged["sliding"], merged["png"])
+    if len(reports) > 1:
+        merged["environment"] = {}  # one line per run instead, below
     md = markdown(merged)
     if len(reports) > 1:
         envs = "\n".join(f"- run {i + 1}: " + ", ".join(f"{k} {v}" for k, v in rep["environment"].items() if v is not None)
