@@ -447,6 +447,40 @@ def profile_case(case: Case, device: torch.device, layer_name: str, kinds: list[
     return "\n".join(parts)
 
 
+def phase_breakdown(case: Case, device: torch.device, layer_name: str, repeats: int, log) -> dict:
+    """Where volcam GradCAM's time goes, as cumulative stages timed like the runners:
+    inference; forward with the capture hooks and the graph from the layer on; + target
+    score and ``autograd.grad`` back to the layer; the whole ``explain`` (+ weights,
+    upsampling, normalisation)."""
+    from volcam.capture import capture
+
+    model, x, mask = build_case(case, device)
+    layer = LAYERS[case.network][layer_name]
+    cam = volcam.GradCAM(model, layer)
+    target = volcam.SegmentationTarget(CATEGORY, mask=mask)
+    score = masked_score(mask)
+
+    def inference():
+        with torch.no_grad():
+            return model(x)
+
+    def forward():
+        with capture(model, cam.layers) as state, torch.enable_grad():
+            out = model(x)
+            return out, state.activations[layer]
+
+    def backward():
+        with capture(model, cam.layers) as state, torch.enable_grad():
+            out = model(x)
+            return torch.autograd.grad(score(out).sum(), [state.activations[layer]])
+
+    stages = {"inference": inference, "+ forward with graph after the layer": forward,
+              "+ score and gradient to the layer": backward, "whole explain()": lambda: cam.explain(x, target)}
+    times = time_runners(stages, device, 1, {k: repeats for k in stages}, log)
+    return {"case": case.label, "device": device.type, "layer": layer_name,
+            "stages_ms": {k: statistics.median(v) * 1000 for k, v in times.items()}}
+
+
 # --------------------------------------------------------------------------- sliding window
 SLIDING_INFERENCE = "MONAI sliding_window_inference"
 SLIDING_CAM = "volcam sliding_window_cam (GradCAM)"
@@ -753,6 +787,15 @@ def markdown(report: dict) -> str:
                     lines.append(f"| {name} | {v['peak_small_mb']:.0f} | {v['peak_mb']:.0f} | "
                                  f"{v['bytes_per_voxel']:.1f} | {v['intercept_mb']:.0f} |")
         lines.append("")
+    if report.get("breakdown"):
+        lines += ["## Where volcam GradCAM's time goes", "",
+                  "Cumulative stages, medians in ms: each column adds one stage to the one before (the second replaces the no-grad forward by the forward with hooks and a graph from the target layer on).", ""]
+        stages = list(report["breakdown"][0]["stages_ms"])
+        lines += ["| device | case | layer | " + " | ".join(stages) + " |", "|---|---|---|" + "---:|" * len(stages)]
+        for b in report["breakdown"]:
+            lines.append(f"| {b['device']} | {b['case']} | {b['layer']} | "
+                         + " | ".join(f"{b['stages_ms'][k]:.0f}" for k in stages) + " |")
+        lines.append("")
     png = report.get("png")
     if png:
         lines += ["## Slice PNG export", ""]
@@ -885,12 +928,14 @@ def parse_args(argv=None):
 def render(paths: list[Path], out: Path | None) -> int:
     """Markdown of one or more earlier runs (e.g. a CPU run and a GPU run from two machines)."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    merged = {"environment": reports[0]["environment"], "settings": {}, "rows": [], "sliding": [], "png": None}
+    merged = {"environment": reports[0]["environment"], "settings": {}, "rows": [], "sliding": [], "png": None,
+              "breakdown": []}
     for rep in reports:
         merged["settings"].update(rep["settings"])
         merged["rows"] += rep["rows"]
         merged["sliding"] += rep.get("sliding", [])
         merged["png"] = merged["png"] or rep.get("png")
+        merged["breakdown"] += rep.get("breakdown", [])
     merged["targets"] = check_targets(merged["rows"], merged["sliding"], merged["png"])
     if len(reports) > 1:
         merged["environment"] = {}  # one line per run instead, below
@@ -928,7 +973,8 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     profiles: list[str] = []
     settings: dict[str, dict] = {}
-    report = {"environment": environment(devices), "settings": settings, "rows": rows, "sliding": [], "png": None}
+    report = {"environment": environment(devices), "settings": settings, "rows": rows, "sliding": [], "png": None,
+              "breakdown": []}
 
     def save(final: bool = False) -> None:
         """Write what is measured so far (a run cut short still leaves its results)."""
@@ -984,6 +1030,7 @@ def main(argv=None) -> int:
     for case, device, dev_args in to_profile:
         for layer_name in LAYERS[case.network]:
             log(f"[{device.type}] profile {case.label} @ {layer_name}")
+            report["breakdown"].append(phase_breakdown(case, device, layer_name, dev_args.repeats, log))
             profiles.append(profile_case(case, device, layer_name, ["inference", "volcam GradCAM", "MONAI GradCAM"], dev_args))
             save()
     save(final=True)
