@@ -668,7 +668,7 @@ def _target(name: str, value: float | None, limit: float, kind: str) -> dict:
     if value is None:
         return {"target": name, "value": None, "limit": limit, "kind": kind, "met": None, "by": None}
     met = value <= limit if kind == "max" else value >= limit
-    by = (value / limit - 1) if kind == "max" else (limit / value - 1)
+    by = (value / limit - 1) if kind == "max" else (1 - value / limit)  # over the limit / short of it
     return {"target": name, "value": value, "limit": limit, "kind": kind, "met": met, "by": by}
 
 
@@ -807,7 +807,7 @@ def markdown(report: dict) -> str:
                       f"({png['n']} runs, {png.get('kib_per_png', float('nan')):.0f} KiB per PNG), "
                       "volcam.figures.save_slice_pngs, soft-tissue window, otherwise its defaults.", ""]
     if report["targets"]:
-        lines += ["## Targets", "", "| target | measured | limit | met | missed by |", "|---|---:|---:|---|---:|"]
+        lines += ["## Targets", "", "| target | measured | limit | met | missed by (over / short of the limit) |", "|---|---:|---:|---|---:|"]
         for t in report["targets"]:
             op = "<=" if t["kind"] == "max" else ">="
             met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
