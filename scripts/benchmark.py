@@ -115,7 +115,7 @@ class Case:
 
 
 def default_cases(full: bool) -> list[Case]:
-    sizes3d, size2d = ((96, 128), 512) if full else ((64,), 256)
+    sizes3d, size2d = ((96, 128), 512) if full else ((48,), 256)
     cases = [Case(net, 3, s) for s in sizes3d for net in ("unet", "segresnet")]
     return cases + [Case("unet", 2, size2d)]
 
@@ -890,17 +890,18 @@ def environment(devices: list[torch.device]) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", default=None, help="comma-separated: cpu,cuda (default: cpu, and cuda when available)")
-    p.add_argument("--full", action="store_true", help="full sizes on CPU too (3D 96^3 and 128^3, 2D 512^2); "
-                   "CUDA always uses them")
+    p.add_argument("--full", action="store_true", help="full sizes on CPU too (3D 96^3 and 128^3, 2D 512^2; "
+                   "without it 48^3 and 256^2); CUDA always uses them")
     p.add_argument("--sizes", default=None, help="3D sizes, comma-separated (overrides the defaults)")
     p.add_argument("--size2d", type=int, default=None, help="2D size (0: no 2D case)")
     p.add_argument("--networks", default="unet,segresnet")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 5 on CPU, 20 on CUDA)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repetitions (default: 3 on CPU, 5 with --full, 20 on CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per runner (default 1 on CPU, 3 on CUDA)")
     p.add_argument("--scorecam", choices=("last", "all", "none"), default=None,
                    help="layers for ScoreCAM (default: last decoder on CPU, all on CUDA)")
     p.add_argument("--scorecam-batch", type=int, default=16)
-    p.add_argument("--scorecam-repeats", type=int, default=None, help="default: 3 on CPU, as --repeats on CUDA")
+    p.add_argument("--scorecam-repeats", type=int, default=None, help="default: 2 on CPU, 3 with --full, as --repeats on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: all cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--profile", action="store_true",
@@ -1000,10 +1001,10 @@ def main(argv=None) -> int:
         networks = set(args.networks.split(","))
         cases = [c for c in cases if c.network in networks]
         dev_args = argparse.Namespace(**vars(args))
-        dev_args.repeats = args.repeats or (20 if gpu else 5)
+        dev_args.repeats = args.repeats or (20 if gpu else (5 if full else 3))
         dev_args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
         dev_args.scorecam = args.scorecam or ("all" if gpu else "last")
-        dev_args.scorecam_repeats = args.scorecam_repeats or (dev_args.repeats if gpu else 3)
+        dev_args.scorecam_repeats = args.scorecam_repeats or (dev_args.repeats if gpu else (3 if full else 2))
         settings[device.type] = {
             k: getattr(dev_args, k) for k in ("repeats", "warmup", "scorecam", "scorecam_repeats", "scorecam_batch")
         }
