@@ -115,7 +115,7 @@ class Case:
 
 
 def default_cases(full: bool) -> list[Case]:
-    sizes3d, size2d = ((96, 128), 512) if full else ((64,), 256)
+    sizes3d, size2d = ((96, 128), 512) if full else ((48,), 256)
     cases = [Case(net, 3, s) for s in sizes3d for net in ("unet", "segresnet")]
     return cases + [Case("unet", 2, size2d)]
 
@@ -693,8 +693,8 @@ def check_targets(rows: list[dict], sliding: list[dict], png: dict | None) -> li
                 gc_t = get(device, case, layer, "volcam GradCAM", "median_ms")
                 ref_t = inf(device, case, "median_ms")
                 limit = 2.0 if device == "cpu" else 1.5
-                t = _target(f"{device} {case} @ {layer}: GradCAM time / inference{suffix}", gc_t / ref_t if gc_t else None, limit, "max")
-                out.append(t)
+                name = f"{device} {case} @ {layer}: GradCAM time / inference{suffix}"
+                out.append(_target(name, gc_t / ref_t if gc_t else None, limit, "max"))
                 monai_t = get(device, case, layer, "MONAI GradCAM", "median_ms")
                 out.append(
                     _target(f"{device} {case} @ {layer}: MONAI GradCAM time / volcam GradCAM{suffix}",
@@ -712,13 +712,17 @@ def check_targets(rows: list[dict], sliding: list[dict], png: dict | None) -> li
                 batched = get(device, case, layer, "volcam ScoreCAM batched", "median_ms")
                 loop = get(device, case, layer, "volcam ScoreCAM loop", "median_ms")
                 if batched and loop:
-                    out.append(_target(f"{device} {case} @ {layer}: ScoreCAM loop time / batched", loop / batched, 2.0, "min"))
+                    name = f"{device} {case} @ {layer}: ScoreCAM loop time / batched"
+                    out.append(_target(name, loop / batched, 2.0, "min"))
     for s in sliding:
-        cam = next((r for r in s["rows"] if r["method"].startswith("volcam") and r.get("stitched_on", s["device"]) == s["device"]), None)
+        same = [r for r in s["rows"] if r.get("stitched_on", s["device"]) == s["device"]]
+        cam = next((r for r in same if r["method"].startswith("volcam")), None)
         if cam is not None:
-            out.append(_target(f"{s['device']} sliding window {s['volume']}: CAM time / inference", cam["time_x_inference"], 1.5, "max"))
+            name = f"{s['device']} sliding window {s['volume']}: CAM time / inference"
+            out.append(_target(name, cam["time_x_inference"], 1.5, "max"))
     if png and "median_ms" in png:
-        out.append(_target(f"{png['slices']} slice PNGs 512x512 ({png['cpu_count']} cores): seconds", png["median_ms"] / 1000, 5.0, "max"))
+        name = f"{png['slices']} slice PNGs 512x512 ({png['cpu_count']} cores): seconds"
+        out.append(_target(name, png["median_ms"] / 1000, 5.0, "max"))
     return out
 
 
@@ -742,7 +746,8 @@ def markdown(report: dict) -> str:
         st = report["settings"][device]
         lines += [f"## {device.upper()}", "",
                   f"Times: median of {st['repeats']} interleaved repetitions (ScoreCAM {st['scorecam_repeats']}) after "
-                  f"{st['warmup']} warm-up call(s), IQR beside it; ScoreCAM batched = batch_size {st['scorecam_batch']}; "
+                  f"{st['warmup']} warm-up call(s), IQR beside it; "
+                  f"ScoreCAM batched = batch_size {st['scorecam_batch']}; "
                   f"{mem_note}.", ""]
         lines.append("| case | layer | method | median ms | IQR ms | x inference | peak MB | x inference | extra MB |")
         lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -750,7 +755,8 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {r['case']} | {r['layer']} | {r['method']} | {_fmt(r['median_ms'])} | "
                 f"{_fmt(r['q1_ms'], '.0f')}-{_fmt(r['q3_ms'], '.0f')} | {_fmt(r['time_x_inference'], '.2f')} | "
-                f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('peak_x_inference'), '.2f')} | {_fmt(r.get('extra_mb'), '.0f')} |"
+                f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('peak_x_inference'), '.2f')} | "
+                f"{_fmt(r.get('extra_mb'), '.0f')} |"
             )
         lines.append("")
     for device in sorted({r["device"] for r in report["rows"]}):
@@ -767,12 +773,14 @@ def markdown(report: dict) -> str:
         lines.append("| method | stitched on | median ms | x inference | peak MB | x inference |")
         lines.append("|---|---|---:|---:|---:|---:|")
         for r in s["rows"]:
-            lines.append(f"| {r['method']} | {r.get('stitched_on', s['device'])} | {_fmt(r['median_ms'])} | {_fmt(r['time_x_inference'], '.2f')} | "
+            lines.append(f"| {r['method']} | {r.get('stitched_on', s['device'])} | {_fmt(r['median_ms'])} | "
+                         f"{_fmt(r['time_x_inference'], '.2f')} | "
                          f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('peak_x_inference'), '.2f')} |")
         lines.append("")
         if "one_window_batch" in s:
             w = s["one_window_batch"]
-            lines.append(f"One batch of {s['sw_batch_size']} windows alone: inference peak {w['inference']['peak_mb']:.0f} MB, "
+            lines.append(f"One batch of {s['sw_batch_size']} windows alone: "
+                         f"inference peak {w['inference']['peak_mb']:.0f} MB, "
                          f"GradCAM peak {w['GradCAM']['peak_mb']:.0f} MB. The input volume is {s['volume_mb']:.0f} MB.")
         if "growth" in s:
             g = s["growth"]
@@ -789,7 +797,8 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report.get("breakdown"):
         lines += ["## Where volcam GradCAM's time goes", "",
-                  "Cumulative stages, medians in ms: each column adds one stage to the one before (the second replaces the no-grad forward by the forward with hooks and a graph from the target layer on).", ""]
+                  "Cumulative stages, medians in ms: each column adds one stage to the one before (the second "
+                  "replaces the no-grad forward by the forward with hooks and a graph from the target layer on).", ""]
         stages = list(report["breakdown"][0]["stages_ms"])
         lines += ["| device | case | layer | " + " | ".join(stages) + " |", "|---|---|---|" + "---:|" * len(stages)]
         for b in report["breakdown"]:
@@ -803,11 +812,13 @@ def markdown(report: dict) -> str:
             lines += [f"Pending: {png['pending']}.", ""]
         else:
             lines += [f"{png['slices']} axial slices of a {png['shape'][0]}x{png['shape'][1]}x{png['shape'][2]} "
-                      f"{png.get('content', 'volume')}, {png['cpu_count']} cores: median {png['median_ms'] / 1000:.2f} s "
+                      f"{png.get('content', 'volume')}, {png['cpu_count']} cores: "
+                      f"median {png['median_ms'] / 1000:.2f} s "
                       f"({png['n']} runs, {png.get('kib_per_png', float('nan')):.0f} KiB per PNG), "
                       "volcam.figures.save_slice_pngs, soft-tissue window, otherwise its defaults.", ""]
     if report["targets"]:
-        lines += ["## Targets", "", "| target | measured | limit | met | missed by (over / short of the limit) |", "|---|---:|---:|---|---:|"]
+        lines += ["## Targets", "", "| target | measured | limit | met | missed by (over / short of the limit) |",
+                  "|---|---:|---:|---|---:|"]
         for t in report["targets"]:
             op = "<=" if t["kind"] == "max" else ">="
             met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
@@ -837,7 +848,8 @@ def compact_tables(rows: list[dict], device: str) -> list[str]:
                 if r is None:
                     cells.append("- | - | -")
                 else:
-                    cells.append(f"{r['median_ms']:.0f} | {r['time_x_inference']:.2f} | {_fmt(r.get('peak_mb'), '.0f')}")
+                    peak = _fmt(r.get("peak_mb"), ".0f")
+                    cells.append(f"{r['median_ms']:.0f} | {r['time_x_inference']:.2f} | {peak}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -888,19 +900,23 @@ def environment(devices: list[torch.device]) -> dict:
 
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--devices", default=None, help="comma-separated: cpu,cuda (default: cpu, and cuda when available)")
-    p.add_argument("--full", action="store_true", help="full sizes on CPU too (3D 96^3 and 128^3, 2D 512^2); "
-                   "CUDA always uses them")
+    p.add_argument("--full", action="store_true", help="full sizes on CPU too (3D 96^3 and 128^3, 2D 512^2; "
+                   "without it 48^3 and 256^2); CUDA always uses them")
     p.add_argument("--sizes", default=None, help="3D sizes, comma-separated (overrides the defaults)")
     p.add_argument("--size2d", type=int, default=None, help="2D size (0: no 2D case)")
     p.add_argument("--networks", default="unet,segresnet")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 5 on CPU, 20 on CUDA)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repetitions (default: 3 on CPU, 5 with --full, 20 on CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per runner (default 1 on CPU, 3 on CUDA)")
     p.add_argument("--scorecam", choices=("last", "all", "none"), default=None,
                    help="layers for ScoreCAM (default: last decoder on CPU, all on CUDA)")
     p.add_argument("--scorecam-batch", type=int, default=16)
-    p.add_argument("--scorecam-repeats", type=int, default=None, help="default: 3 on CPU, as --repeats on CUDA")
+    p.add_argument("--scorecam-repeats", type=int, default=None,
+                   help="default: 2 on CPU, 3 with --full, as --repeats on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: all cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--profile", action="store_true",
@@ -941,8 +957,10 @@ def render(paths: list[Path], out: Path | None) -> int:
         merged["environment"] = {}  # one line per run instead, below
     md = markdown(merged)
     if len(reports) > 1:
-        envs = "\n".join(f"- run {i + 1}: " + ", ".join(f"{k} {v}" for k, v in rep["environment"].items() if v is not None)
-                         for i, rep in enumerate(reports))
+        envs = "\n".join(
+            f"- run {i + 1}: " + ", ".join(f"{k} {v}" for k, v in rep["environment"].items() if v is not None)
+            for i, rep in enumerate(reports)
+        )
         md = md.replace("# volcam benchmark\n", f"# volcam benchmark\n\n{envs}\n", 1)
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -1000,10 +1018,10 @@ def main(argv=None) -> int:
         networks = set(args.networks.split(","))
         cases = [c for c in cases if c.network in networks]
         dev_args = argparse.Namespace(**vars(args))
-        dev_args.repeats = args.repeats or (20 if gpu else 5)
+        dev_args.repeats = args.repeats or (20 if gpu else (5 if full else 3))
         dev_args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
         dev_args.scorecam = args.scorecam or ("all" if gpu else "last")
-        dev_args.scorecam_repeats = args.scorecam_repeats or (dev_args.repeats if gpu else 3)
+        dev_args.scorecam_repeats = args.scorecam_repeats or (dev_args.repeats if gpu else (3 if full else 2))
         settings[device.type] = {
             k: getattr(dev_args, k) for k in ("repeats", "warmup", "scorecam", "scorecam_repeats", "scorecam_batch")
         }
@@ -1031,7 +1049,8 @@ def main(argv=None) -> int:
         for layer_name in LAYERS[case.network]:
             log(f"[{device.type}] profile {case.label} @ {layer_name}")
             report["breakdown"].append(phase_breakdown(case, device, layer_name, dev_args.repeats, log))
-            profiles.append(profile_case(case, device, layer_name, ["inference", "volcam GradCAM", "MONAI GradCAM"], dev_args))
+            kinds = ["inference", "volcam GradCAM", "MONAI GradCAM"]
+            profiles.append(profile_case(case, device, layer_name, kinds, dev_args))
             save()
     save(final=True)
     print_table(rows)
