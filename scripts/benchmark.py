@@ -50,9 +50,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -403,8 +404,16 @@ def bench_case(case: Case, device: torch.device, args, log) -> list[dict]:
                 row.update(gpu_peak(run, device, resident))
             else:
                 layer = LAYERS[case.network][layer_name] if layer_name else None
-                mem = cpu_peak({"kind": "case", "case": asdict(case), "runner": kind, "layer": layer,
-                                "threads": torch.get_num_threads(), "scorecam_batch": args.scorecam_batch})
+                mem = cpu_peak(
+                    {
+                        "kind": "case",
+                        "case": asdict(case),
+                        "runner": kind,
+                        "layer": layer,
+                        "threads": torch.get_num_threads(),
+                        "scorecam_batch": args.scorecam_batch,
+                    }
+                )
                 if "error" in mem:
                     log(f"    memory of {key}: {mem['error']}")
                 row.update({k: v for k, v in mem.items() if k != "error"})
@@ -474,11 +483,19 @@ def phase_breakdown(case: Case, device: torch.device, layer_name: str, repeats: 
             out = model(x)
             return torch.autograd.grad(score(out).sum(), [state.activations[layer]])
 
-    stages = {"inference": inference, "+ forward with graph after the layer": forward,
-              "+ score and gradient to the layer": backward, "whole explain()": lambda: cam.explain(x, target)}
+    stages = {
+        "inference": inference,
+        "+ forward with graph after the layer": forward,
+        "+ score and gradient to the layer": backward,
+        "whole explain()": lambda: cam.explain(x, target),
+    }
     times = time_runners(stages, device, 1, {k: repeats for k in stages}, log)
-    return {"case": case.label, "device": device.type, "layer": layer_name,
-            "stages_ms": {k: statistics.median(v) * 1000 for k, v in times.items()}}
+    return {
+        "case": case.label,
+        "device": device.type,
+        "layer": layer_name,
+        "stages_ms": {k: statistics.median(v) * 1000 for k, v in times.items()},
+    }
 
 
 # --------------------------------------------------------------------------- sliding window
@@ -557,8 +574,15 @@ def bench_sliding(device: torch.device, args, log) -> dict:
             if gpu:
                 row.update(gpu_peak(run, device, x.numel() * x.element_size()))
             else:
-                spec = {"kind": "sliding", "shape": list(shape), "roi": args.sliding_roi, "batch": args.sliding_batch,
-                        "overlap": args.sliding_overlap, "runner": name, "threads": torch.get_num_threads()}
+                spec = {
+                    "kind": "sliding",
+                    "shape": list(shape),
+                    "roi": args.sliding_roi,
+                    "batch": args.sliding_batch,
+                    "overlap": args.sliding_overlap,
+                    "runner": name,
+                    "threads": torch.get_num_threads(),
+                }
                 big = cpu_peak(spec)
                 small = cpu_peak({**spec, "shape": list(small_shape)})
                 row.update({k: v for k, v in big.items() if k != "error"})
@@ -578,21 +602,23 @@ def bench_sliding(device: torch.device, args, log) -> dict:
         window = x[(slice(None), slice(None)) + tuple(slice(0, r) for r in sw["roi_size"])]
         window = window.repeat(args.sliding_batch, 1, 1, 1, 1)
 
-        def window_infer():
+        def window_infer(model=model):
             with torch.no_grad():
                 return model(window)
 
         wbytes = window.numel() * window.element_size()
         result["one_window_batch"] = {
             "inference": gpu_peak(window_infer, device, wbytes),
-            "GradCAM": gpu_peak(lambda: cam.explain(window, CATEGORY), device, wbytes),
+            "GradCAM": gpu_peak(lambda cam=cam: cam.explain(window, CATEGORY), device, wbytes),
         }
         del window
         small = sliding_setup(small_shape, args.sliding_roi, args.sliding_batch, args.sliding_overlap, device)[2]
         for name, run in sliding_runners(model, cam, small, sw).items():
             run()
-            peaks[name] = {"small": gpu_peak(run, device, small.numel() * small.element_size())["peak_mb"],
-                           "big": next(r["peak_mb"] for r in result["rows"] if r["method"] == name)}
+            peaks[name] = {
+                "small": gpu_peak(run, device, small.numel() * small.element_size())["peak_mb"],
+                "big": next(r["peak_mb"] for r in result["rows"] if r["method"] == name),
+            }
         del small
     if peaks:
         growth: dict[str, Any] = {"small_volume": list(small_shape)}
@@ -600,8 +626,12 @@ def bench_sliding(device: torch.device, args, log) -> dict:
             if p["small"] is None or p["big"] is None:
                 continue
             per_voxel = (p["big"] - p["small"]) * MB / (x.numel() - small_voxels)
-            growth[name] = {"peak_small_mb": p["small"], "peak_mb": p["big"], "bytes_per_voxel": per_voxel,
-                            "intercept_mb": p["big"] - per_voxel * x.numel() / MB}
+            growth[name] = {
+                "peak_small_mb": p["small"],
+                "peak_mb": p["big"],
+                "bytes_per_voxel": per_voxel,
+                "intercept_mb": p["big"] - per_voxel * x.numel() / MB,
+            }
         result["growth"] = growth
     if gpu and args.sliding_host_stitch:
         host = sliding_runners(model, cam, x, sw, stitch="cpu")
@@ -658,8 +688,15 @@ def bench_png(args, log) -> dict:
             times.append(time.perf_counter() - t0)
             sizes.append(sum(p.stat().st_size for p in paths) / len(paths))
     log(f"  {len(paths)} PNGs: {statistics.median(times):.2f} s")
-    return {"slices": len(paths), "shape": [512, 512, n], "cpu_count": os.cpu_count(), "content": "CT-like phantom",
-            "window": "soft_tissue", "kib_per_png": statistics.median(sizes) / 1024, **summarize(times)}
+    return {
+        "slices": len(paths),
+        "shape": [512, 512, n],
+        "cpu_count": os.cpu_count(),
+        "content": "CT-like phantom",
+        "window": "soft_tissue",
+        "kib_per_png": statistics.median(sizes) / 1024,
+        **summarize(times),
+    }
 
 
 # --------------------------------------------------------------------------- targets
@@ -697,15 +734,23 @@ def check_targets(rows: list[dict], sliding: list[dict], png: dict | None) -> li
                 out.append(_target(name, gc_t / ref_t if gc_t else None, limit, "max"))
                 monai_t = get(device, case, layer, "MONAI GradCAM", "median_ms")
                 out.append(
-                    _target(f"{device} {case} @ {layer}: MONAI GradCAM time / volcam GradCAM{suffix}",
-                            monai_t / gc_t if gc_t and monai_t else None, 1.5, "min")
+                    _target(
+                        f"{device} {case} @ {layer}: MONAI GradCAM time / volcam GradCAM{suffix}",
+                        monai_t / gc_t if gc_t and monai_t else None,
+                        1.5,
+                        "min",
+                    )
                 )
                 if device == "cuda":
                     a = get(device, case, layer, "volcam GradCAM", "peak_mb")
                     b = get(device, case, layer, "MONAI GradCAM", "peak_mb")
                     out.append(
-                        _target(f"{device} {case} @ {layer}: GradCAM peak memory / MONAI GradCAM{suffix}",
-                                a / b if a and b else None, 0.6, "max")
+                        _target(
+                            f"{device} {case} @ {layer}: GradCAM peak memory / MONAI GradCAM{suffix}",
+                            a / b if a and b else None,
+                            0.6,
+                            "max",
+                        )
                     )
         for case in sorted({r["case"] for r in rows if r["device"] == device}):
             for layer in LAYERS["unet"]:
@@ -732,23 +777,44 @@ def _fmt(v, spec=".1f", none="-"):
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# volcam benchmark", ""]
+    lines = ["# volcam benchmark", ""]
     env = report["environment"]
-    for key in ("date", "torch", "monai", "captum", "python", "platform", "processor", "cpu_count", "torch_threads",
-                "cuda_device", "cuda", "cudnn", "tf32_conv", "cudnn_benchmark"):
+    for key in (
+        "date",
+        "torch",
+        "monai",
+        "captum",
+        "python",
+        "platform",
+        "processor",
+        "cpu_count",
+        "torch_threads",
+        "cuda_device",
+        "cuda",
+        "cudnn",
+        "tf32_conv",
+        "cudnn_benchmark",
+    ):
         if env.get(key) is not None:
             lines.append(f"- {key}: {env[key]}")
     lines.append("")
     for device in sorted({r["device"] for r in report["rows"]}):
         rows = [r for r in report["rows"] if r["device"] == device]
-        mem_note = ("peak = torch.cuda.max_memory_allocated (model + input + the call)" if device == "cuda"
-                    else "peak = peak RSS of a separate process (libraries included); extra = growth during the call")
+        mem_note = (
+            "peak = torch.cuda.max_memory_allocated (model + input + the call)"
+            if device == "cuda"
+            else "peak = peak RSS of a separate process (libraries included); extra = growth during the call"
+        )
         st = report["settings"][device]
-        lines += [f"## {device.upper()}", "",
-                  f"Times: median of {st['repeats']} interleaved repetitions (ScoreCAM {st['scorecam_repeats']}) after "
-                  f"{st['warmup']} warm-up call(s), IQR beside it; "
-                  f"ScoreCAM batched = batch_size {st['scorecam_batch']}; "
-                  f"{mem_note}.", ""]
+        lines += [
+            f"## {device.upper()}",
+            "",
+            f"Times: median of {st['repeats']} interleaved repetitions (ScoreCAM {st['scorecam_repeats']}) after "
+            f"{st['warmup']} warm-up call(s), IQR beside it; "
+            f"ScoreCAM batched = batch_size {st['scorecam_batch']}; "
+            f"{mem_note}.",
+            "",
+        ]
         lines.append("| case | layer | method | median ms | IQR ms | x inference | peak MB | x inference | extra MB |")
         lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
@@ -762,48 +828,70 @@ def markdown(report: dict) -> str:
     for device in sorted({r["device"] for r in report["rows"]}):
         lines += [f"## {device.upper()}, per case", ""] + compact_tables(report["rows"], device)
     for s in report.get("sliding", []):
-        lines += [f"## Sliding window ({s['device']})", "",
-                  f"{s['network']}, volume {'x'.join(map(str, s['volume']))}, ROI {'x'.join(map(str, s['roi']))}, "
-                  f"sw_batch_size {s['sw_batch_size']}, overlap {s['overlap']}, {s['mode']} blending, "
-                  f"layer `{s['layer']}`, target {s['target']}. "
-                  + ("Peak: torch.cuda.max_memory_allocated (input volume + the call)." if s["device"] == "cuda"
-                     else "Peak: peak RSS of a separate process per measurement (libraries included)."), ""]
+        lines += [
+            f"## Sliding window ({s['device']})",
+            "",
+            f"{s['network']}, volume {'x'.join(map(str, s['volume']))}, ROI {'x'.join(map(str, s['roi']))}, "
+            f"sw_batch_size {s['sw_batch_size']}, overlap {s['overlap']}, {s['mode']} blending, "
+            f"layer `{s['layer']}`, target {s['target']}. "
+            + (
+                "Peak: torch.cuda.max_memory_allocated (input volume + the call)."
+                if s["device"] == "cuda"
+                else "Peak: peak RSS of a separate process per measurement (libraries included)."
+            ),
+            "",
+        ]
         if s.get("pending"):
             lines += [f"Sliding-window CAM pending: {s['pending']}.", ""]
         lines.append("| method | stitched on | median ms | x inference | peak MB | x inference |")
         lines.append("|---|---|---:|---:|---:|---:|")
         for r in s["rows"]:
-            lines.append(f"| {r['method']} | {r.get('stitched_on', s['device'])} | {_fmt(r['median_ms'])} | "
-                         f"{_fmt(r['time_x_inference'], '.2f')} | "
-                         f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('peak_x_inference'), '.2f')} |")
+            lines.append(
+                f"| {r['method']} | {r.get('stitched_on', s['device'])} | {_fmt(r['median_ms'])} | "
+                f"{_fmt(r['time_x_inference'], '.2f')} | "
+                f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('peak_x_inference'), '.2f')} |"
+            )
         lines.append("")
         if "one_window_batch" in s:
             w = s["one_window_batch"]
-            lines.append(f"One batch of {s['sw_batch_size']} windows alone: "
-                         f"inference peak {w['inference']['peak_mb']:.0f} MB, "
-                         f"GradCAM peak {w['GradCAM']['peak_mb']:.0f} MB. The input volume is {s['volume_mb']:.0f} MB.")
+            lines.append(
+                f"One batch of {s['sw_batch_size']} windows alone: "
+                f"inference peak {w['inference']['peak_mb']:.0f} MB, "
+                f"GradCAM peak {w['GradCAM']['peak_mb']:.0f} MB. The input volume is {s['volume_mb']:.0f} MB."
+            )
         if "growth" in s:
             g = s["growth"]
-            lines.append(f"Peak memory against volume size (second volume {'x'.join(map(str, g['small_volume']))}): "
-                         "the growth per voxel is what the stitched volumes cost; the intercept (the peak "
-                         "extrapolated to an empty volume) is the part bounded by the ROI.")
+            lines.append(
+                f"Peak memory against volume size (second volume {'x'.join(map(str, g['small_volume']))}): "
+                "the growth per voxel is what the stitched volumes cost; the intercept (the peak "
+                "extrapolated to an empty volume) is the part bounded by the ROI."
+            )
             lines.append("")
             lines.append("| method | peak MB (small) | peak MB | bytes per voxel | intercept MB |")
             lines.append("|---|---:|---:|---:|---:|")
             for name, v in g.items():
                 if isinstance(v, dict):
-                    lines.append(f"| {name} | {v['peak_small_mb']:.0f} | {v['peak_mb']:.0f} | "
-                                 f"{v['bytes_per_voxel']:.1f} | {v['intercept_mb']:.0f} |")
+                    lines.append(
+                        f"| {name} | {v['peak_small_mb']:.0f} | {v['peak_mb']:.0f} | "
+                        f"{v['bytes_per_voxel']:.1f} | {v['intercept_mb']:.0f} |"
+                    )
         lines.append("")
     if report.get("breakdown"):
-        lines += ["## Where volcam GradCAM's time goes", "",
-                  "Cumulative stages, medians in ms: each column adds one stage to the one before (the second "
-                  "replaces the no-grad forward by the forward with hooks and a graph from the target layer on).", ""]
+        lines += [
+            "## Where volcam GradCAM's time goes",
+            "",
+            "Cumulative stages, medians in ms: each column adds one stage to the one before (the second "
+            "replaces the no-grad forward by the forward with hooks and a graph from the target layer on).",
+            "",
+        ]
         stages = list(report["breakdown"][0]["stages_ms"])
         lines += ["| device | case | layer | " + " | ".join(stages) + " |", "|---|---|---|" + "---:|" * len(stages)]
         for b in report["breakdown"]:
-            lines.append(f"| {b['device']} | {b['case']} | {b['layer']} | "
-                         + " | ".join(f"{b['stages_ms'][k]:.0f}" for k in stages) + " |")
+            lines.append(
+                f"| {b['device']} | {b['case']} | {b['layer']} | "
+                + " | ".join(f"{b['stages_ms'][k]:.0f}" for k in stages)
+                + " |"
+            )
         lines.append("")
     png = report.get("png")
     if png:
@@ -811,14 +899,21 @@ def markdown(report: dict) -> str:
         if png.get("pending"):
             lines += [f"Pending: {png['pending']}.", ""]
         else:
-            lines += [f"{png['slices']} axial slices of a {png['shape'][0]}x{png['shape'][1]}x{png['shape'][2]} "
-                      f"{png.get('content', 'volume')}, {png['cpu_count']} cores: "
-                      f"median {png['median_ms'] / 1000:.2f} s "
-                      f"({png['n']} runs, {png.get('kib_per_png', float('nan')):.0f} KiB per PNG), "
-                      "volcam.figures.save_slice_pngs, soft-tissue window, otherwise its defaults.", ""]
+            lines += [
+                f"{png['slices']} axial slices of a {png['shape'][0]}x{png['shape'][1]}x{png['shape'][2]} "
+                f"{png.get('content', 'volume')}, {png['cpu_count']} cores: "
+                f"median {png['median_ms'] / 1000:.2f} s "
+                f"({png['n']} runs, {png.get('kib_per_png', float('nan')):.0f} KiB per PNG), "
+                "volcam.figures.save_slice_pngs, soft-tissue window, otherwise its defaults.",
+                "",
+            ]
     if report["targets"]:
-        lines += ["## Targets", "", "| target | measured | limit | met | missed by (over / short of the limit) |",
-                  "|---|---:|---:|---|---:|"]
+        lines += [
+            "## Targets",
+            "",
+            "| target | measured | limit | met | missed by (over / short of the limit) |",
+            "|---|---:|---:|---|---:|",
+        ]
         for t in report["targets"]:
             op = "<=" if t["kind"] == "max" else ">="
             met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
@@ -904,23 +999,35 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--devices", default=None, help="comma-separated: cpu,cuda (default: cpu, and cuda when available)")
-    p.add_argument("--full", action="store_true", help="full sizes on CPU too (3D 96^3 and 128^3, 2D 512^2; "
-                   "without it 48^3 and 256^2); CUDA always uses them")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="full sizes on CPU too (3D 96^3 and 128^3, 2D 512^2; without it 48^3 and 256^2); CUDA always uses them",
+    )
     p.add_argument("--sizes", default=None, help="3D sizes, comma-separated (overrides the defaults)")
     p.add_argument("--size2d", type=int, default=None, help="2D size (0: no 2D case)")
     p.add_argument("--networks", default="unet,segresnet")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed repetitions (default: 3 on CPU, 5 with --full, 20 on CUDA)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed repetitions (default: 3 on CPU, 5 with --full, 20 on CUDA)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per runner (default 1 on CPU, 3 on CUDA)")
-    p.add_argument("--scorecam", choices=("last", "all", "none"), default=None,
-                   help="layers for ScoreCAM (default: last decoder on CPU, all on CUDA)")
+    p.add_argument(
+        "--scorecam",
+        choices=("last", "all", "none"),
+        default=None,
+        help="layers for ScoreCAM (default: last decoder on CPU, all on CUDA)",
+    )
     p.add_argument("--scorecam-batch", type=int, default=16)
-    p.add_argument("--scorecam-repeats", type=int, default=None,
-                   help="default: 2 on CPU, 3 with --full, as --repeats on CUDA")
+    p.add_argument(
+        "--scorecam-repeats", type=int, default=None, help="default: 2 on CPU, 3 with --full, as --repeats on CUDA"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: all cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    p.add_argument("--profile", action="store_true",
-                   help="profile inference, volcam GradCAM and MONAI GradCAM at the largest 3D case")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile inference, volcam GradCAM and MONAI GradCAM at the largest 3D case",
+    )
     p.add_argument("--profile-rows", type=int, default=15)
     p.add_argument("--sliding", action="store_true", help="full-volume sliding-window CAM vs inference")
     p.add_argument("--sliding-shape", type=int, nargs=3, default=(512, 512, 256))
@@ -930,13 +1037,20 @@ def parse_args(argv=None):
     p.add_argument("--sliding-repeats", type=int, default=3)
     p.add_argument("--sliding-devices", default="cuda", help="devices for --sliding (CPU is slow at 512x512x256)")
     p.add_argument("--sliding-cpu-warmup", type=int, default=0, help="untimed sliding-window calls on CPU")
-    p.add_argument("--sliding-host-stitch", action="store_true",
-                   help="on CUDA also stitch in host memory (device='cpu')")
+    p.add_argument(
+        "--sliding-host-stitch", action="store_true", help="on CUDA also stitch in host memory (device='cpu')"
+    )
     p.add_argument("--png", action="store_true", help="time the export of slice PNGs (CPU)")
     p.add_argument("--png-slices", type=int, default=300)
     p.add_argument("--png-repeats", type=int, default=3)
-    p.add_argument("--render", type=Path, nargs="+", default=None, metavar="JSON",
-                   help="measure nothing: merge these benchmark.json files and write/print their Markdown")
+    p.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="measure nothing: merge these benchmark.json files and write/print their Markdown",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for benchmark.json, benchmark.md (and profile.md)")
     return p.parse_args(argv)
 
@@ -944,8 +1058,14 @@ def parse_args(argv=None):
 def render(paths: list[Path], out: Path | None) -> int:
     """Markdown of one or more earlier runs (e.g. a CPU run and a GPU run from two machines)."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    merged = {"environment": reports[0]["environment"], "settings": {}, "rows": [], "sliding": [], "png": None,
-              "breakdown": []}
+    merged = {
+        "environment": reports[0]["environment"],
+        "settings": {},
+        "rows": [],
+        "sliding": [],
+        "png": None,
+        "breakdown": [],
+    }
     for rep in reports:
         merged["settings"].update(rep["settings"])
         merged["rows"] += rep["rows"]
@@ -991,8 +1111,14 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     profiles: list[str] = []
     settings: dict[str, dict] = {}
-    report = {"environment": environment(devices), "settings": settings, "rows": rows, "sliding": [], "png": None,
-              "breakdown": []}
+    report = {
+        "environment": environment(devices),
+        "settings": settings,
+        "rows": rows,
+        "sliding": [],
+        "png": None,
+        "breakdown": [],
+    }
 
     def save(final: bool = False) -> None:
         """Write what is measured so far (a run cut short still leaves its results)."""
@@ -1056,7 +1182,7 @@ def main(argv=None) -> int:
     print_table(rows)
     md = markdown(report)
     print()
-    print(md[md.find("## Sliding"):] if "## Sliding" in md else md[md.find("## Targets"):])
+    print(md[md.find("## Sliding") :] if "## Sliding" in md else md[md.find("## Targets") :])
     if args.out:
         log(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.md'}")
     return 0

@@ -39,14 +39,16 @@ def main(argv=None) -> None:
     model.eval()
 
     # 2. the scan, preprocessed as in training; the MetaTensor records every spatial step
-    preprocess = Compose([
-        Orientation("RAS", labels=None),
-        Spacing((2.5, 2.5, 2.5)),
-        ScaleIntensityRange(-200, 300, 0.0, 1.0, clip=True),
-        DivisiblePad(4),
-    ])
-    source = io.load_image(args.image)           # MetaTensor [1, X, Y, Z] with the scan's affine
-    x = preprocess(source.clone())               # the network's grid
+    preprocess = Compose(
+        [
+            Orientation("RAS", labels=None),
+            Spacing((2.5, 2.5, 2.5)),
+            ScaleIntensityRange(-200, 300, 0.0, 1.0, clip=True),
+            DivisiblePad(4),
+        ]
+    )
+    source = io.load_image(args.image)  # MetaTensor [1, X, Y, Z] with the scan's affine
+    x = preprocess(source.clone())  # the network's grid
 
     # 3. the CAM: the whole volume at once, or window by window like inference
     cam = volcam.get_method(args.method)(model, args.layer)
@@ -66,7 +68,9 @@ def main(argv=None) -> None:
     io.save_heat(heat_src, out / "heat.nii.gz", reference=source)
     fig = figures.orthogonal_views(source, heat_src, window=(-200, 300))
     figures.save_figure(fig, out / "figure.png")
-    print(f"{predicted} voxels predicted as class {args.category}; wrote {out / 'heat.nii.gz'} and {out / 'figure.png'}")
+    print(
+        f"{predicted} voxels predicted as class {args.category}; wrote {out / 'heat.nii.gz'} and {out / 'figure.png'}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from monai.transforms import Compose, Orientation, ScaleIntensityRange, Spacing  # noqa: E402
-from nibabel.testing import data_path  # noqa: E402
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import Compose, Orientation, ScaleIntensityRange, Spacing
+from nibabel.testing import data_path
 
-from volcam import figures, io  # noqa: E402
+from volcam import figures, io
 
 SCAN = Path(data_path) / "anatomical.nii"  # T1, stored LAS, 2 mm voxels
 POINT = np.array([-16.0, 4.0, 20.0])  # world mm (RAS+): in the patient's left hemisphere
@@ -32,11 +32,13 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "figures" / "example_orthogonal.
 
 
 def main(out: Path = DEFAULT_OUT) -> Path:
-    preprocess = Compose([
-        Orientation("RAS", labels=None),
-        Spacing((1.5, 1.5, 1.5)),
-        ScaleIntensityRange(0.0, 14000.0, 0.0, 1.0, clip=True),
-    ])
+    preprocess = Compose(
+        [
+            Orientation("RAS", labels=None),
+            Spacing((1.5, 1.5, 1.5)),
+            ScaleIntensityRange(0.0, 14000.0, 0.0, 1.0, clip=True),
+        ]
+    )
     x = io.load_image(SCAN, preprocess)
     affine = x.affine.numpy()
     idx = np.stack(np.meshgrid(*[np.arange(s) for s in x.shape[1:]], indexing="ij"), -1)
@@ -47,8 +49,14 @@ def main(out: Path = DEFAULT_OUT) -> Path:
         saved = io.save_heat(heat_src, Path(tmp) / "heat.nii.gz", reference=SCAN)
         heat_file = nib.load(saved).get_fdata(dtype=np.float32)
     scan = nib.load(SCAN)
-    fig = figures.orthogonal_views(scan.get_fdata(dtype=np.float32), heat_file, affine=scan.affine, alpha=0.7,
-                                   panel_size=2.6, interpolation="bilinear")
+    fig = figures.orthogonal_views(
+        scan.get_fdata(dtype=np.float32),
+        heat_file,
+        affine=scan.affine,
+        alpha=0.7,
+        panel_size=2.6,
+        interpolation="bilinear",
+    )
     return figures.save_figure(fig, out, dpi=110)
 
 

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from helpers import assert_same_state, model_state
 from torch import nn
 
 import volcam
-from helpers import assert_same_state, model_state
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,6 +48,7 @@ def reference(model, layer, x, category, channels=None):
     w = torch.zeros(a.shape[:2])
     for b in range(x.shape[0]):
         for k in range(a.shape[1]) if channels is None else channels[b]:
+
             def zero(m, i, o, k=k):
                 o = o.clone()
                 o[:, k] = 0

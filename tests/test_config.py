@@ -73,8 +73,9 @@ def test_parse_override(text, key, value):
 
 
 def test_overrides_apply_and_create_missing_sections():
-    cfg = load_config(base(), ["cam.method=layercam", "sliding_window.roi_size=[8, 8, 8]", "channels=4",
-                               "targets.names={1: a, 2: b}"])
+    cfg = load_config(
+        base(), ["cam.method=layercam", "sliding_window.roi_size=[8, 8, 8]", "channels=4", "targets.names={1: a, 2: b}"]
+    )
     assert cfg["cam.method"] == "layercam"
     assert cfg["sliding_window.roi_size"] == [8, 8, 8]
     assert cfg.build_network().in_channels == 4
@@ -103,7 +104,7 @@ def test_overrides_apply_and_create_missing_sections():
 def test_bad_values_name_their_key(overrides, key, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")) as e:
         cfg = load_config(base(), overrides)
-        cfg.device  # device is resolved on use
+        _ = cfg.device  # device is resolved on use
     assert e.value.key == key
 
 
@@ -250,10 +251,14 @@ def test_files_list(tmp_path):
 def test_msd_dataset_json(tmp_path):
     d = tmp_path / "Task09"
     d.mkdir()
-    (d / "dataset.json").write_text(json.dumps({
-        "training": [{"image": "./imagesTr/s1.nii.gz", "label": "./labelsTr/s1.nii.gz"}],
-        "test": ["./imagesTs/s2.nii.gz"],
-    }))
+    (d / "dataset.json").write_text(
+        json.dumps(
+            {
+                "training": [{"image": "./imagesTr/s1.nii.gz", "label": "./labelsTr/s1.nii.gz"}],
+                "test": ["./imagesTs/s2.nii.gz"],
+            }
+        )
+    )
     test = list_cases({"dataset_json": str(d / "dataset.json")})
     assert [(c.id, c.image, c.label) for c in test] == [("s2", d / "imagesTs/s2.nii.gz", None)]
     train = list_cases({"dataset_json": str(d / "dataset.json"), "section": "training"})

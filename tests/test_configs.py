@@ -80,5 +80,7 @@ def test_layers_command(tmp_path, capsys):
 def test_layers_command_reports_config_errors(tmp_path, capsys):
     status = cli.main(["layers", str(CONFIGS / "demo.yaml"), "--override", "cam.mehtod=gradcam"])
     assert status == 2
-    assert "volcam layers: error: --override cam.mehtod: mehtod is not a setting of cam; did you mean 'method'?" \
+    assert (
+        "volcam layers: error: --override cam.mehtod: mehtod is not a setting of cam; did you mean 'method'?"
         in capsys.readouterr().err
+    )

@@ -31,11 +31,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from helpers import Pyramid, hook_count
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import volcam
-from helpers import Pyramid, hook_count
 
 cuda = pytest.mark.cuda
 
@@ -275,9 +274,19 @@ def test_no_host_sync_inside_the_engine(name, target_kind):
 #: repeat_interleave without output_size, boolean indexing), or check a solver's error
 #: code (SVD, eigh and the linalg functions without ``_ex``)
 _HOST_READ_OPS = {
-    "aten::_local_scalar_dense", "aten::is_nonzero", "aten::equal", "aten::nonzero", "aten::masked_select",
-    "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive",
-    "aten::_linalg_svd", "aten::_linalg_eigh", "aten::linalg_eig", "aten::_linalg_check_errors",
+    "aten::_local_scalar_dense",
+    "aten::is_nonzero",
+    "aten::equal",
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::_unique",
+    "aten::_unique2",
+    "aten::unique_dim",
+    "aten::unique_consecutive",
+    "aten::_linalg_svd",
+    "aten::_linalg_eigh",
+    "aten::linalg_eig",
+    "aten::_linalg_check_errors",
 }
 
 

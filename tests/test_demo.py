@@ -67,7 +67,9 @@ def test_demo_end_to_end_short_training(tmp_path, capsys):
     assert isinstance(net, torch.nn.Module)
     rows = list(csv.DictReader(open(result["summary"])))
     assert [(r["case"], r["class_name"], r["status"]) for r in rows] == [
-        ("demo_te000", "bright", "ok"), ("demo_te000", "dark", "ok")]
+        ("demo_te000", "bright", "ok"),
+        ("demo_te000", "dark", "ok"),
+    ]
     case_dir = result["outputs"] / "demo_te000"
     source = nib.load(str(out / "data" / "imagesTs" / "demo_te000.nii.gz"))
     for name in ("bright", "dark"):
@@ -84,8 +86,19 @@ def test_demo_end_to_end_short_training(tmp_path, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     image = out / "data" / "imagesTs" / "demo_te000.nii.gz"
-    script.main([str(image), "--checkpoint", str(result["checkpoint"]), "--roi", "16", "16", "16",
-                 "--out", str(tmp_path / "explained")])
+    script.main(
+        [
+            str(image),
+            "--checkpoint",
+            str(result["checkpoint"]),
+            "--roi",
+            "16",
+            "16",
+            "16",
+            "--out",
+            str(tmp_path / "explained"),
+        ]
+    )
     heat = nib.load(str(tmp_path / "explained" / "heat.nii.gz"))
     assert heat.shape == source.shape
     np.testing.assert_allclose(heat.affine, source.affine, atol=1e-5)

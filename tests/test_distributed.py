@@ -36,13 +36,19 @@ def test_detect_reads_torchruns_environment():
     assert distributed.detect({**TORCHRUN_ENV, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}) is None
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"MASTER_PORT": ""}, "needs RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT in the environment "
-                          "(start it with torchrun), not MASTER_PORT missing"),
-    ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be a whole number (torchrun sets it), not 'two'"),
-    ({"RANK": "3"}, "RANK must be in [0, WORLD_SIZE=3), not 3"),
-    ({"LOCAL_RANK": "-1"}, "LOCAL_RANK must be at least 0, not -1"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"MASTER_PORT": ""},
+            "needs RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT in the environment "
+            "(start it with torchrun), not MASTER_PORT missing",
+        ),
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be a whole number (torchrun sets it), not 'two'"),
+        ({"RANK": "3"}, "RANK must be in [0, WORLD_SIZE=3), not 3"),
+        ({"LOCAL_RANK": "-1"}, "LOCAL_RANK must be at least 0, not -1"),
+    ],
+)
 def test_detect_rejects_an_incomplete_environment(change, message):
     with pytest.raises(DistributedError) as err:
         distributed.detect({**TORCHRUN_ENV, **change})
@@ -53,8 +59,11 @@ def test_timeout_from_the_environment():
     assert distributed.timeout_seconds({}) == distributed.DEFAULT_TIMEOUT == 600.0
     assert distributed.timeout_seconds({distributed.ENV_TIMEOUT: "45"}) == 45.0
     for bad in ("0", "-3", "soon", "nan"):
-        with pytest.raises(DistributedError, match=rf"VOLCAM_DIST_TIMEOUT must be a positive number of seconds, "
-                                                   rf"not '{bad}'"):
+        with pytest.raises(
+            DistributedError,
+            match=rf"VOLCAM_DIST_TIMEOUT must be a positive number of seconds, "
+            rf"not '{bad}'",
+        ):
             distributed.timeout_seconds({distributed.ENV_TIMEOUT: bad})
 
 
@@ -69,8 +78,9 @@ def test_shard_gives_every_case_to_exactly_one_rank():
             assert sorted(i for s in shares for i in s) == list(range(n)), (n, world)
             assert max(map(len, shares)) - min(map(len, shares)) <= 1
             if n % world == 0:  # no padding: exactly the sampler's shares
-                sampler = [list(torch.utils.data.DistributedSampler(range(n), world, r, shuffle=False))
-                           for r in range(world)]
+                sampler = [
+                    list(torch.utils.data.DistributedSampler(range(n), world, r, shuffle=False)) for r in range(world)
+                ]
                 assert shares == sampler
 
 
@@ -79,9 +89,12 @@ def test_rank_device_one_gpu_per_process(monkeypatch):
     assert distributed.rank_device(cpu, 3) == cpu
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.rank_device(torch.device("cuda"), 1) == torch.device("cuda", 1)
-    with pytest.raises(DistributedError, match=r"LOCAL_RANK must be below the number of GPUs this process sees "
-                                               r"\(2\), not 2: start at most 2 process\(es\) per node "
-                                               r"\(torchrun --nproc_per_node=2\)"):
+    with pytest.raises(
+        DistributedError,
+        match=r"LOCAL_RANK must be below the number of GPUs this process sees "
+        r"\(2\), not 2: start at most 2 process\(es\) per node "
+        r"\(torchrun --nproc_per_node=2\)",
+    ):
         distributed.rank_device(torch.device("cuda"), 2)
 
 
@@ -129,8 +142,11 @@ def test_watcher_gives_up_on_a_silent_rank():
     now[0] = 50.0  # silent for 25 s: still fine
     assert watcher.poll() is False
     now[0] = 56.0  # silent for 31 s; rank 0 itself (the watcher's own rank) is never considered silent
-    with pytest.raises(DistributedError, match=r"rank 1 \(on node-b\) must keep running until its cases are done, "
-                                               r"not stay silent for 31 s \(VOLCAM_DIST_TIMEOUT=30\)"):
+    with pytest.raises(
+        DistributedError,
+        match=r"rank 1 \(on node-b\) must keep running until its cases are done, "
+        r"not stay silent for 31 s \(VOLCAM_DIST_TIMEOUT=30\)",
+    ):
         watcher.poll()
 
 
@@ -144,12 +160,29 @@ def free_port() -> int:
 
 
 def torchrun(args, *, timeout=240, extra_env=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "MPLBACKEND": "Agg",
-           "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "MPLBACKEND": "Agg",
+        "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
+    }
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "volcam", "run", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "volcam",
+        "run",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -216,15 +249,27 @@ def test_torchrun_two_processes_match_the_single_process_run(dataset):
     for case in ("case0", "case1", "case2", "case3"):
         assert files_under(shared / case).keys() == files_under(single / case).keys()
         for name in ("bright", "dark"):
-            a, b = nib.load(str(single / case / name / "heat.nii.gz")), nib.load(str(shared / case / name / "heat.nii.gz"))
+            a, b = (
+                nib.load(str(single / case / name / "heat.nii.gz")),
+                nib.load(str(shared / case / name / "heat.nii.gz")),
+            )
             np.testing.assert_array_equal(a.affine, b.affine)
             np.testing.assert_allclose(np.asarray(b.dataobj), np.asarray(a.dataobj), atol=1e-6, rtol=0)
     # one merged summary, in the order of the cases, equal to the single run's but for times and case4
     rows1, rows2 = pipeline.read_summary(single / "summary.csv"), pipeline.read_summary(shared / "summary.csv")
     assert [(r["case"], r["class"]) for r in rows2] == [(r["case"], r["class"]) for r in rows1]
     assert [(r["case"], r["status"]) for r in rows2] == [
-        (c, s) for c, s in [("case0", "ok"), ("case1", "ok"), ("case2", "ok"), ("case3", "ok"), ("case4", "skipped"),
-                            ("corrupt", "failed")] for _ in range(2)]
+        (c, s)
+        for c, s in [
+            ("case0", "ok"),
+            ("case1", "ok"),
+            ("case2", "ok"),
+            ("case3", "ok"),
+            ("case4", "skipped"),
+            ("corrupt", "failed"),
+        ]
+        for _ in range(2)
+    ]
     same = [k for k in pipeline.SUMMARY_COLUMNS if k not in ("seconds", "status")]
     for r1, r2 in zip(rows1, rows2):
         for r in (r1, r2):
@@ -236,7 +281,8 @@ def test_torchrun_two_processes_match_the_single_process_run(dataset):
     assert pipeline.run(load_config(cfg), output=str(shared), quiet=True) == 1
     assert [r["status"] for r in pipeline.read_summary(shared / "summary.csv")] == ["skipped"] * 10 + ["failed"] * 2
     assert {k: v for k, v in files_under(shared).items() if k != "summary.csv"} == {
-        k: v for k, v in written.items() if k != "summary.csv"}
+        k: v for k, v in written.items() if k != "summary.csv"
+    }
 
 
 @pytest.mark.slow
@@ -252,8 +298,10 @@ def test_a_rank_that_dies_ends_the_run_with_a_clear_message(dataset):
     assert proc.returncode != 0
     err = proc.stderr
     assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: 3\b", err)  # the launcher's report
-    assert ("volcam run: rank 0 stopped by SIGTERM (torchrun sends it to every process when one fails: see its "
-            "report). Completed cases are kept: rerun the same command to do the rest.") in err
+    assert (
+        "volcam run: rank 0 stopped by SIGTERM (torchrun sends it to every process when one fails: see its "
+        "report). Completed cases are kept: rerun the same command to do the rest."
+    ) in err
     assert elapsed < 170
 
 

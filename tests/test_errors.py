@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import Pyramid, TinySeg, assert_same_state, model_state
 from torch import nn
 
 import volcam
-from helpers import Pyramid, TinySeg, assert_same_state, model_state
 
 
 def test_unknown_layer_suggests_the_closest_names():
@@ -86,7 +86,9 @@ def test_non_tensor_output_without_selector():
             return {"seg": self.body(x), "aux": x.mean()}
 
     model = Dict().eval()
-    with pytest.raises(volcam.SelectorError, match=r"model output must be a tensor, not dict\('seg': Tensor\[1, 3, 8, 8\]") as info:
+    with pytest.raises(
+        volcam.SelectorError, match=r"model output must be a tensor, not dict\('seg': Tensor\[1, 3, 8, 8\]"
+    ) as info:
         volcam.GradCAM(model, "body.down")(torch.randn(1, 1, 8, 8), targets=1)
     assert "selector" in str(info.value) and isinstance(info.value, TypeError)
     with pytest.raises(volcam.SelectorError, match="'sge' does not fit"):
@@ -120,7 +122,9 @@ def test_score_that_does_not_depend_on_the_layer():
         def forward(self, x):
             return self.seg(x), self.aux(x)
 
-    with pytest.raises(volcam.LayerNotReachedError, match=r"does not depend on the output of target layer\(s\) \['aux'\]"):
+    with pytest.raises(
+        volcam.LayerNotReachedError, match=r"does not depend on the output of target layer\(s\) \['aux'\]"
+    ):
         volcam.GradCAM(Aux(), "aux", model_output=0)(torch.randn(1, 1, 4, 4), targets=1)
 
 

@@ -15,16 +15,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.image as mimage  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from nibabel.testing import data_path  # noqa: E402
+import matplotlib.image as mimage
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from nibabel.testing import data_path
 
-from volcam import figures  # noqa: E402
-from volcam.errors import ConfigError, ShapeError, ValueRangeError  # noqa: E402
+from volcam import figures
+from volcam.errors import ConfigError, ShapeError, ValueRangeError
 
 ANATOMICAL = Path(data_path) / "anatomical.nii"
 LAS = np.diag([-2.0, 2.0, 3.0, 1.0])
@@ -81,8 +81,9 @@ def test_axial_png_peak_colour_and_background_grey(volume, tmp_path):
 
 def test_neurological_convention_mirrors_left_and_right(volume, tmp_path):
     image, heat = volume
-    paths = figures.save_slice_pngs(image, heat, tmp_path, affine=LAS, window=(0, 255), alpha=1.0,
-                                    convention="neurological", slices=[3])
+    paths = figures.save_slice_pngs(
+        image, heat, tmp_path, affine=LAS, window=(0, 255), alpha=1.0, convention="neurological", slices=[3]
+    )
     png = read_png(paths[0])
     np.testing.assert_array_equal(png[4, X - 1 - 1], JET_TOP)  # patient's right now on the viewer's right
 
@@ -90,8 +91,7 @@ def test_neurological_convention_mirrors_left_and_right(volume, tmp_path):
 def test_coronal_and_sagittal_pngs(volume, tmp_path):
     image, heat = volume
     cor = figures.save_slice_pngs(image, heat, tmp_path, affine=LAS, axis="coronal", window=(0, 255), alpha=1.0)
-    sag = figures.save_slice_pngs(image, heat, tmp_path, affine=LAS, axis="sagittal", window=(0, 255),
-                                  alpha=1.0)
+    sag = figures.save_slice_pngs(image, heat, tmp_path, affine=LAS, axis="sagittal", window=(0, 255), alpha=1.0)
     assert len(cor) == Y and len(sag) == X
     png = read_png(cor[2])  # coronal slice = y index 2 (A axis not flipped)
     assert png.shape == (Z, X, 3)
@@ -127,8 +127,9 @@ def test_alpha_blend_matches_the_colormap(volume):
     heat = np.linspace(0.0, 1.0, X * Y * Z, dtype=np.float32).reshape(X, Y, Z)
     cmap = matplotlib.colormaps["viridis"]
     for blend in ("scaled", "constant"):
-        got = figures.overlay_slice(image, heat, 2, affine=LAS, window=(0, 255), cmap="viridis", alpha=0.6,
-                                    blend=blend, threshold=-1.0).astype(float)
+        got = figures.overlay_slice(
+            image, heat, 2, affine=LAS, window=(0, 255), cmap="viridis", alpha=0.6, blend=blend, threshold=-1.0
+        ).astype(float)
         h = heat[:, ::-1, 2].T
         g = np.clip(image[:, ::-1, 2].T / 255.0, 0, 1)[..., None]
         w = (0.6 * h if blend == "scaled" else np.full_like(h, 0.6))[..., None]
@@ -143,8 +144,18 @@ def test_threshold_and_mask_outline(tmp_path):
     heat[4, 4, 1] = 1.0
     mask = np.zeros_like(image, dtype=np.uint8)
     mask[2:7, 2:7, 1] = 1
-    rgb = figures.overlay_slice(image, heat, 1, affine=np.eye(4), window=(0, 255), alpha=1.0, threshold=0.5,
-                                blend="constant", mask=mask, outline_color="lime")
+    rgb = figures.overlay_slice(
+        image,
+        heat,
+        1,
+        affine=np.eye(4),
+        window=(0, 255),
+        alpha=1.0,
+        threshold=0.5,
+        blend="constant",
+        mask=mask,
+        outline_color="lime",
+    )
     # RAS identity affine, radiological: display[r, c] = voxel (8 - c, 8 - r)
     np.testing.assert_array_equal(rgb[4, 4], JET_TOP)  # above threshold
     np.testing.assert_array_equal(rgb[0, 0], [grey(50)] * 3)  # 0.2 <= threshold: grey
@@ -203,11 +214,9 @@ def test_window_is_shared_by_all_slices():
 
 def test_ct_window_presets():
     image = np.array([-1000.0, -160.0, 0.0, 240.0, 1000.0], dtype=np.float32).reshape(5, 1, 1)
-    rgb = figures.overlay_slice(image, np.zeros_like(image), 0, affine=np.eye(4), axis="sagittal",
-                                window="soft_tissue")
+    rgb = figures.overlay_slice(image, np.zeros_like(image), 0, affine=np.eye(4), axis="sagittal", window="soft_tissue")
     assert rgb.shape == (1, 1, 3)
-    rgb = figures.overlay_slice(image, np.zeros_like(image), 0, affine=np.eye(4), axis="axial",
-                                window="soft_tissue")
+    rgb = figures.overlay_slice(image, np.zeros_like(image), 0, affine=np.eye(4), axis="axial", window="soft_tissue")
     # radiological axial of a (5, 1, 1) volume: one row, x reversed
     assert rgb[0, :, 0].tolist() == [255, 255, 102, 0, 0]  # 0 HU: 160 / 400 * 255
 
@@ -218,8 +227,11 @@ def test_ct_window_presets():
 def test_heat_shape_must_match_and_nothing_is_written(volume, tmp_path):
     image, heat = volume
     out = tmp_path / "pngs"
-    with pytest.raises(ShapeError, match=r"heat must have the spatial shape of the image, \(6, 7, 5\), "
-                                         r"not \(6, 7, 4\)"):
+    with pytest.raises(
+        ShapeError,
+        match=r"heat must have the spatial shape of the image, \(6, 7, 5\), "
+        r"not \(6, 7, 4\)",
+    ):
         figures.save_slice_pngs(image, heat[..., :4], out, affine=LAS)
     assert not out.exists()
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Pyramid, assert_same_state, model_state
 from torch import nn
 
 import volcam
-from helpers import Pyramid, assert_same_state, model_state
 
 
 @pytest.fixture(autouse=True, scope="module")

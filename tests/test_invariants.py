@@ -1,14 +1,12 @@
 """Invariants that hold for every method: 2D == 3D with depth 1, batch == one at a time,
 repeatable, on the input's device, and the model left exactly as it was."""
 
-import warnings
-
 import pytest
 import torch
+from helpers import Pyramid, TinySeg, assert_same_state, hook_count, model_state
 from torch import nn
 
 import volcam
-from helpers import Pyramid, TinySeg, assert_same_state, hook_count, model_state
 
 ALL = sorted(volcam.METHODS)
 
@@ -61,8 +59,10 @@ def test_no_hook_or_flag_left_after_an_error(name, failure):
     cam = make(name, model, "down")
     x = torch.randn(1, 1, 8, 8)
     if failure == "target":
+
         def target(_out):
             raise RuntimeError("target failed")
+
         with pytest.raises(RuntimeError, match="target failed"):
             cam(x, targets=target)
     else:
@@ -153,7 +153,6 @@ def test_empty_mask_gives_zero_map_and_a_warning():
 
 
 def test_default_target_is_largest_predicted_foreground_per_sample():
-    model = TinySeg(2).eval()
     # logits: class 0 = 3 relu(x), class 1 = -relu(2x); argmax: class 0 where x > 0, else 0 (tie) -> no class 1
     # use a 3-class model instead, built by hand
     conv = nn.Conv2d(1, 3, 1, bias=True)
@@ -165,7 +164,9 @@ def test_default_target_is_largest_predicted_foreground_per_sample():
     x = torch.tensor([[[[1.0, 2.0], [3.0, 0.0]]], [[[-1.0, -2.0], [-3.0, 0.0]]]])
     res = volcam.GradCAM(net, "0").explain(x)
     logits = net(x)
-    expected = torch.stack([(logits[0, 1] * (logits[0].argmax(0) == 1)).sum(), (logits[1, 2] * (logits[1].argmax(0) == 2)).sum()])
+    expected = torch.stack(
+        [(logits[0, 1] * (logits[0].argmax(0) == 1)).sum(), (logits[1, 2] * (logits[1].argmax(0) == 2)).sum()]
+    )
     assert torch.allclose(res.scores, expected)
     assert torch.allclose(res.scores, torch.tensor([6.0, 6.0]))
 

@@ -14,11 +14,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from nibabel.testing import data_path
-
-from volcam import io
-from volcam.errors import ConfigError, ImageReadError, ShapeError, ValueRangeError
-
 from monai.data import MetaTensor
 from monai.transforms import (
     CenterSpatialCrop,
@@ -35,6 +30,10 @@ from monai.transforms import (
     SpatialPad,
     SpatialPadd,
 )
+from nibabel.testing import data_path
+
+from volcam import io
+from volcam.errors import ConfigError, ImageReadError, ShapeError, ValueRangeError
 
 ANATOMICAL = Path(data_path) / "anatomical.nii"
 EXAMPLE4D = Path(data_path) / "example4d.nii.gz"
@@ -74,13 +73,15 @@ def peak_world(img: nib.Nifti1Image) -> np.ndarray:
 
 
 def chain_3d():
-    return Compose([
-        Orientation("RAS", labels=None),
-        Spacing((3.0, 2.5, 1.7), mode="bilinear"),
-        ScaleIntensityRange(0.0, 2000.0, 0.0, 1.0, clip=True),
-        SpatialPad((30, 40, 40)),
-        CenterSpatialCrop((24, 36, 36)),
-    ])
+    return Compose(
+        [
+            Orientation("RAS", labels=None),
+            Spacing((3.0, 2.5, 1.7), mode="bilinear"),
+            ScaleIntensityRange(0.0, 2000.0, 0.0, 1.0, clip=True),
+            SpatialPad((30, 40, 40)),
+            CenterSpatialCrop((24, 36, 36)),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -171,15 +172,17 @@ def test_2d_image_round_trip(tmp_path):
 
 def test_dictionary_pipeline_with_crop_foreground(tmp_path):
     src = nib.load(ANATOMICAL)
-    t = Compose([
-        LoadImaged(["image", "label"]),
-        EnsureChannelFirstd(["image", "label"]),
-        Orientationd(["image", "label"], "RAS", labels=None),
-        Spacingd(["image", "label"], (3.0, 2.5, 1.7), mode=("bilinear", "nearest")),
-        ScaleIntensityRanged("image", 0.0, 2000.0, 0.0, 1.0, clip=True),
-        CropForegroundd(["image", "label"], source_key="image", margin=1),
-        SpatialPadd(["image", "label"], (32, 40, 32)),
-    ])
+    t = Compose(
+        [
+            LoadImaged(["image", "label"]),
+            EnsureChannelFirstd(["image", "label"]),
+            Orientationd(["image", "label"], "RAS", labels=None),
+            Spacingd(["image", "label"], (3.0, 2.5, 1.7), mode=("bilinear", "nearest")),
+            ScaleIntensityRanged("image", 0.0, 2000.0, 0.0, 1.0, clip=True),
+            CropForegroundd(["image", "label"], source_key="image", margin=1),
+            SpatialPadd(["image", "label"], (32, 40, 32)),
+        ]
+    )
     d = t({"image": str(ANATOMICAL), "label": str(ANATOMICAL)})
     pre = d["image"].affine.numpy()
     shape = tuple(d["image"].shape[1:])
@@ -340,8 +343,11 @@ def test_output_must_be_nifti_and_geometry_known(tmp_path):
 
 def test_dictionary_needs_the_image_key():
     with pytest.raises(ConfigError, match=r"`key` must name the image entry .*\['image'\], not None"):
-        io.invert_to_source(torch.zeros(1, 2, 2, 2), {"image": MetaTensor(torch.zeros(1, 2, 2, 2))},
-                            Compose([Orientation("RAS", labels=None)]))
+        io.invert_to_source(
+            torch.zeros(1, 2, 2, 2),
+            {"image": MetaTensor(torch.zeros(1, 2, 2, 2))},
+            Compose([Orientation("RAS", labels=None)]),
+        )
 
 
 def test_plain_tensor_is_not_a_preprocessed_image():

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from helpers import Pyramid, TinySeg
 
 import volcam
-from helpers import Pyramid, TinySeg
 
 X2 = torch.tensor([[1.0, -2.0], [3.0, 4.0]])
 
@@ -24,7 +24,9 @@ def as_grid(t, dims):
 @pytest.mark.parametrize("dims", [2, 3])
 def test_gradcam_hand_computed(dims, device):
     model = TinySeg(dims).to(device).eval()
-    res = volcam.GradCAM(model, "feat").explain(tiny_input(dims).to(device), targets=volcam.SegmentationTarget(0, mask="all"))
+    res = volcam.GradCAM(model, "feat").explain(
+        tiny_input(dims).to(device), targets=volcam.SegmentationTarget(0, mask="all")
+    )
     raw = as_grid(res.layer_maps[0], dims).cpu()
     assert torch.allclose(raw, torch.tensor([[2.25, 0.0], [6.75, 9.0]]))
     assert torch.allclose(as_grid(res.heat, dims).cpu(), torch.tensor([[0.25, 0.0], [0.75, 1.0]]))
@@ -95,7 +97,6 @@ def test_gradcampp_matches_reference_formula(dims):
     model = Pyramid.pair()[0 if dims == 2 else 1]
     x = torch.randn(2, 1, *((1,) if dims == 3 else ()), 8, 8)
     layer = "down"
-    acts, grads = {}, {}
     # independent reference: activations and gradients through plain autograd on a copy of the input
     feats = {}
     handle = model.down.register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))

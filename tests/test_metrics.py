@@ -310,8 +310,12 @@ def test_ssim_matches_scikit_image_and_2d_equals_depth_one():
     b = (a + 0.3 * torch.rand(2, 1, 24, 21, generator=g)).clamp(0, 1)
     want = [
         structural_similarity(
-            a[i, 0].numpy(), b[i, 0].numpy(), gaussian_weights=True, sigma=1.5,
-            use_sample_covariance=False, data_range=1.0,
+            a[i, 0].numpy(),
+            b[i, 0].numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
         )
         for i in range(2)
     ]

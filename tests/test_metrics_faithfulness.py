@@ -76,7 +76,9 @@ def test_perfect_map_deletes_fastest_in_3d():
         "random": torch.rand(perfect.shape, generator=g),
         "inverted": 1 - perfect,
     }.items():
-        c = faithfulness(model, x, heat, 1, steps=16, baseline="min", batch_size=7, generator=torch.Generator().manual_seed(1))
+        c = faithfulness(
+            model, x, heat, 1, steps=16, baseline="min", batch_size=7, generator=torch.Generator().manual_seed(1)
+        )
         aucs[name] = (c["deletion"].auc, c["insertion"].auc)
     for b in range(2):
         assert aucs["perfect"][0][b] < aucs["random"][0][b] < aucs["inverted"][0][b]
@@ -105,10 +107,19 @@ def test_2d_equals_3d_with_depth_one():
     g = torch.Generator().manual_seed(3)
     x = torch.rand(2, 1, 9, 8, generator=g)
     heat = torch.rand(2, 1, 9, 8, generator=g)
-    flat = faithfulness(TwoClass(), x, heat, 1, steps=6, baseline="blur", sigma=2.0,
-                        generator=torch.Generator().manual_seed(0))
-    deep = faithfulness(TwoClass(), x[:, :, None], heat[:, :, None], 1, steps=6, baseline="blur", sigma=2.0,
-                        generator=torch.Generator().manual_seed(0))
+    flat = faithfulness(
+        TwoClass(), x, heat, 1, steps=6, baseline="blur", sigma=2.0, generator=torch.Generator().manual_seed(0)
+    )
+    deep = faithfulness(
+        TwoClass(),
+        x[:, :, None],
+        heat[:, :, None],
+        1,
+        steps=6,
+        baseline="blur",
+        sigma=2.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     for kind in ("deletion", "insertion"):
         assert torch.allclose(deep[kind].scores, flat[kind].scores, atol=1e-4)
         assert torch.allclose(deep[kind].auc, flat[kind].auc, atol=1e-5)
@@ -171,7 +182,9 @@ def test_baselines():
 
 def test_bad_inputs():
     x = literal()
-    with pytest.raises(ShapeError, match="`x` must have shape \\[B, C, \\*S\\] with the batch and spatial size of `heat`"):
+    with pytest.raises(
+        ShapeError, match="`x` must have shape \\[B, C, \\*S\\] with the batch and spatial size of `heat`"
+    ):
         deletion_curve(Identity1(), x, torch.rand(1, 1, 3, 2))
     with pytest.raises(ValueError, match="`steps` must be a positive int, not 0"):
         deletion_curve(Identity1(), x, x, steps=0)

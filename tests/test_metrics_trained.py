@@ -10,10 +10,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import assert_same_state, model_state
 from torch import nn
 
 import volcam
-from helpers import assert_same_state, model_state
 from volcam.errors import LayerNotFoundError, TargetError
 from volcam.metrics import dice, faithfulness, localisation
 from volcam.metrics.sanity import label_randomisation, model_randomisation, parameter_layers, randomise_module
@@ -220,8 +220,13 @@ def evaluation(trained, tmp_path_factory):
     torch.save(model.state_dict(), root / "model.pt")
     config = {
         "network_def": {
-            "_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
-            "channels": [8, 16], "strides": [2], "num_res_units": 0,
+            "_target_": "monai.networks.nets.UNet",
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "out_channels": 2,
+            "channels": [8, 16],
+            "strides": [2],
+            "num_res_units": 0,
         },
         "checkpoint": str(root / "model.pt"),
         "device": "cpu",
@@ -235,8 +240,22 @@ def evaluation(trained, tmp_path_factory):
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        status = main(["evaluate", str(root / "config.yaml"), "--steps", "8", "--baseline", "min",
-                       "--sanity", "cascading", "independent", "label", "--sanity-cases", "2"])
+        status = main(
+            [
+                "evaluate",
+                str(root / "config.yaml"),
+                "--steps",
+                "8",
+                "--baseline",
+                "min",
+                "--sanity",
+                "cascading",
+                "independent",
+                "label",
+                "--sanity-cases",
+                "2",
+            ]
+        )
     return root / "out" / "evaluation", (status, stdout.getvalue(), stderr.getvalue())
 
 
@@ -315,12 +334,32 @@ def test_evaluate_against_the_prediction_without_random_map_or_sanity(evaluation
     out, _ = evaluation
     config = out.parents[1] / "config.yaml"
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        status = main(["evaluate", str(config), "--out", str(tmp_path), "--cases", "2", "--against", "prediction",
-                       "--no-random", "--sanity", "none", "--steps", "4", "--level", "0.5",
-                       "-o", "targets.mask=whole"])
+        status = main(
+            [
+                "evaluate",
+                str(config),
+                "--out",
+                str(tmp_path),
+                "--cases",
+                "2",
+                "--against",
+                "prediction",
+                "--no-random",
+                "--sanity",
+                "none",
+                "--steps",
+                "4",
+                "--level",
+                "0.5",
+                "-o",
+                "targets.mask=whole",
+            ]
+        )
     assert status == 0
     rows = read_csv(tmp_path / "metrics.csv")
-    assert [(r["case"], r["map"], r["reference"]) for r in rows] == [("c0", "gradcam", "prediction"),
-                                                                     ("c1", "gradcam", "prediction")]
+    assert [(r["case"], r["map"], r["reference"]) for r in rows] == [
+        ("c0", "gradcam", "prediction"),
+        ("c1", "gradcam", "prediction"),
+    ]
     assert read_csv(tmp_path / "sanity.csv") == []
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves_blob.png"]

@@ -12,12 +12,11 @@ import torch
 
 pytest.importorskip("ignite")
 
-from monai.bundle import ConfigParser  # noqa: E402
+from helpers import hook_count
+from monai.bundle import ConfigParser
 
-import volcam  # noqa: E402
-from volcam.monai import CAMHandler  # noqa: E402
-
-from helpers import hook_count  # noqa: E402
+import volcam
+from volcam.monai import CAMHandler
 
 CONFIG = Path(__file__).parents[1] / "configs" / "evaluator_handler.yaml"
 AFFINE = np.array([[0.0, 0.0, 2.5, -30.0], [-1.5, 0.0, 0.0, 12.0], [0.0, 2.0, 0.0, 7.0], [0.0, 0.0, 0.0, 1.0]])

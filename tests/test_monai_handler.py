@@ -18,17 +18,16 @@ import torch
 
 pytest.importorskip("ignite")
 
-from monai.data import DataLoader, Dataset  # noqa: E402
-from monai.engines import SupervisedEvaluator, SupervisedTrainer  # noqa: E402
-from monai.networks.nets import UNet  # noqa: E402
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged  # noqa: E402
-from monai.utils import set_determinism  # noqa: E402
+from helpers import hook_count
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.networks.nets import UNet
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from monai.utils import set_determinism
 
-import volcam  # noqa: E402
-from volcam.errors import ConfigError, MethodNotFoundError  # noqa: E402
-from volcam.monai import CAMHandler, overlay  # noqa: E402
-
-from helpers import hook_count  # noqa: E402
+import volcam
+from volcam.errors import ConfigError, MethodNotFoundError
+from volcam.monai import CAMHandler, overlay
 
 LAYER = "model.1.submodule"
 # voxel sizes 1.5/2/2.5 mm, a flip of the first axis and a shift: not the identity
@@ -96,7 +95,10 @@ def test_evaluator_heat_equals_direct_cam(tmp_path, decollate):
     handler = CAMHandler(target_layers=LAYER, targets=1, output_dir=tmp_path / "out", max_cases=3, exports=())
     rec = Recorder(handler)
     evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), val_data_loader=loader(cases), network=net, decollate=decollate,
+        device=torch.device("cpu"),
+        val_data_loader=loader(cases),
+        network=net,
+        decollate=decollate,
         val_handlers=[handler],
     )
     evaluator.run()
@@ -150,7 +152,9 @@ def test_spatial_preprocessing_is_inverted_with_transform(tmp_path, with_transfo
         target_layers=LAYER, output_dir=tmp_path / "out", exports="nifti", transform=pre if with_transform else None
     )
     evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), network=net, val_handlers=[handler],
+        device=torch.device("cpu"),
+        network=net,
+        val_handlers=[handler],
         val_data_loader=DataLoader(Dataset([{"image": cases[0]["image"]}], pre), batch_size=1),
     )
     case_dir = tmp_path / "out" / "epoch_0001" / "case0_image"
@@ -234,19 +238,30 @@ def _train(cases, extra_handlers=(), epochs: int = 2) -> dict:
     net = tiny_unet(dropout=0.3, norm="batch")
     data = DataLoader(
         Dataset(cases, Compose([LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"])])),
-        batch_size=2, shuffle=True, num_workers=0,
+        batch_size=2,
+        shuffle=True,
+        num_workers=0,
     )
     opt = torch.optim.Adam(net.parameters(), 1e-2)
     from monai.losses import DiceCELoss
 
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=data, network=net, optimizer=opt,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True), train_handlers=list(extra_handlers),
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=data,
+        network=net,
+        optimizer=opt,
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        train_handlers=list(extra_handlers),
     )
     trainer.run()
     set_determinism(seed=None)
     assert hook_count(net) == 0
-    return {"weights": copy.deepcopy(net.state_dict()), "opt": copy.deepcopy(opt.state_dict()), "training": net.training}
+    return {
+        "weights": copy.deepcopy(net.state_dict()),
+        "opt": copy.deepcopy(opt.state_dict()),
+        "training": net.training,
+    }
 
 
 def _assert_same_run(a: dict, b: dict) -> None:
@@ -264,7 +279,11 @@ def test_trainer_bit_identical_with_handler(tmp_path, eval_mode):
     cases = make_cases(tmp_path / "data", n=3)
     plain_run = _train(cases)
     handler = CAMHandler(
-        target_layers=LAYER, output_dir=tmp_path / "out", every_n_epochs=1, max_cases=3, exports="nifti",
+        target_layers=LAYER,
+        output_dir=tmp_path / "out",
+        every_n_epochs=1,
+        max_cases=3,
+        exports="nifti",
         eval_mode=eval_mode,
     )
     with_cams = _train(cases, [handler])
@@ -291,8 +310,9 @@ def test_trainer_run_is_sensitive_to_random_state(tmp_path):
 def _fake_engine(net, batch, output, epoch=1):
     import logging
 
-    return SimpleNamespace(network=net, state=SimpleNamespace(epoch=epoch, batch=batch, output=output),
-                           logger=logging.getLogger("test"))
+    return SimpleNamespace(
+        network=net, state=SimpleNamespace(epoch=epoch, batch=batch, output=output), logger=logging.getLogger("test")
+    )
 
 
 def _decollated_batch(n=2, shape=(16, 16), seed=0):
@@ -301,8 +321,11 @@ def _decollated_batch(n=2, shape=(16, 16), seed=0):
     g = torch.Generator().manual_seed(seed)
     batch, output = [], []
     for i in range(n):
-        image = MetaTensor(torch.rand(1, *shape, generator=g), affine=torch.diag(torch.tensor([2.0, 3.0, 1.0, 1.0])),
-                           meta={"filename_or_obj": f"/data/img{i}.nii.gz"})
+        image = MetaTensor(
+            torch.rand(1, *shape, generator=g),
+            affine=torch.diag(torch.tensor([2.0, 3.0, 1.0, 1.0])),
+            meta={"filename_or_obj": f"/data/img{i}.nii.gz"},
+        )
         label = MetaTensor((torch.rand(1, *shape, generator=g) > 0.5).float())
         batch.append({"image": image, "label": label})
         output.append({"image": image, "label": label, "pred": torch.rand(2, *shape, generator=g)})
@@ -459,8 +482,9 @@ def test_engine_without_network_raises(tmp_path):
 
 
 def test_missing_ignite_is_a_clear_error(monkeypatch, tmp_path):
-    import volcam.monai.handler as mod
     from monai.utils import OptionalImportError
+
+    import volcam.monai.handler as mod
 
     monkeypatch.setattr(mod, "has_ignite", False)
     with pytest.raises(OptionalImportError, match="needs pytorch-ignite"):
@@ -487,8 +511,9 @@ def test_bad_arguments(kwargs, error, message):
 
 def test_mask_from_label_without_labels_raises(tmp_path):
     batch, output = _decollated_batch(n=1)
-    handler = CAMHandler(target_layers=LAYER, output_dir=tmp_path, exports=(), mask_from_label=True,
-                         output_transform=lambda out: None)
+    handler = CAMHandler(
+        target_layers=LAYER, output_dir=tmp_path, exports=(), mask_from_label=True, output_transform=lambda out: None
+    )
     with pytest.raises(ConfigError, match="`mask_from_label` needs labels"):
         handler(_fake_engine(tiny_unet(dims=2), batch, output))
 

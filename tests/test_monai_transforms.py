@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import hook_count
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.networks.nets import UNet
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, Spacingd
@@ -16,8 +17,6 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, 
 import volcam
 from volcam.errors import ConfigError
 from volcam.monai import CAMd
-
-from helpers import hook_count
 
 LAYER = "model.1.submodule"
 AFFINE = np.array([[-1.5, 0.0, 0.0, 10.0], [0.0, 2.0, 0.0, -20.0], [0.0, 0.0, 2.5, 5.0], [0.0, 0.0, 0.0, 1.0]])
@@ -41,7 +40,9 @@ def case(shape=(16, 16, 16), seed=0) -> tuple[MetaTensor, MetaTensor]:
     image[(slice(None),) + tuple(slice(3, 9) for _ in shape)] += 1
     label = (image > 1).float()
     meta = {"filename_or_obj": "/data/patient7.nii.gz"}
-    return MetaTensor(image, affine=torch.as_tensor(AFFINE), meta=meta), MetaTensor(label, affine=torch.as_tensor(AFFINE))
+    return MetaTensor(image, affine=torch.as_tensor(AFFINE), meta=meta), MetaTensor(
+        label, affine=torch.as_tensor(AFFINE)
+    )
 
 
 def test_single_case_heat_and_metadata():
@@ -73,8 +74,12 @@ def test_batched_equals_single_cases():
 def test_mask_key_restricts_to_label():
     net = tiny_unet()
     image, label = case()
-    out = CAMd(keys="image", cam=volcam.GradCAM(net, LAYER), targets=1, mask_key="label")({"image": image, "label": label})
-    expected = volcam.GradCAM(net, LAYER)(image.as_tensor()[None], targets=volcam.SegmentationTarget(1, mask=label[None]))
+    out = CAMd(keys="image", cam=volcam.GradCAM(net, LAYER), targets=1, mask_key="label")(
+        {"image": image, "label": label}
+    )
+    expected = volcam.GradCAM(net, LAYER)(
+        image.as_tensor()[None], targets=volcam.SegmentationTarget(1, mask=label[None])
+    )
     torch.testing.assert_close(out["cam"].as_tensor(), expected[0])
 
 
@@ -120,12 +125,16 @@ def test_post_processing_chain_in_evaluator_inverts_to_source_grid(tmp_path):
     pre = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Spacingd("image", pixdim=(3.0, 4.0, 5.0))])
     net = tiny_unet()
     cam = volcam.GradCAM(net, LAYER)
-    post = Compose([
-        CAMd(keys="image", cam=cam, targets=1, heat_key="cam"),
-        Invertd(keys="cam", orig_keys="image", transform=pre, nearest_interp=False),
-    ])
+    post = Compose(
+        [
+            CAMd(keys="image", cam=cam, targets=1, heat_key="cam"),
+            Invertd(keys="cam", orig_keys="image", transform=pre, nearest_interp=False),
+        ]
+    )
     evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), network=net, postprocessing=post,
+        device=torch.device("cpu"),
+        network=net,
+        postprocessing=post,
         val_data_loader=DataLoader(Dataset([{"image": str(path)}], pre), batch_size=1),
     )
     seen = []

@@ -7,11 +7,11 @@ import warnings
 import pytest
 import torch
 from captum.attr import LayerGradCam
+from helpers import assert_same_state, hook_count, model_state
 from monai.networks.nets import UNETR, AttentionUnet, BasicUNet, DynUNet, SegResNet, SwinUNETR, UNet
 from monai.visualize import GradCAM as MonaiGradCAM
 
 import volcam
-from helpers import assert_same_state, hook_count, model_state
 
 
 def unet(dims):
@@ -23,7 +23,9 @@ def basic_unet(dims):
 
 
 def segresnet(dims):
-    return SegResNet(dims, init_filters=8, in_channels=1, out_channels=3, blocks_down=(1, 1, 1), blocks_up=(1, 1)), "up_layers.0"
+    return SegResNet(
+        dims, init_filters=8, in_channels=1, out_channels=3, blocks_down=(1, 1, 1), blocks_up=(1, 1)
+    ), "up_layers.0"
 
 
 def masked_sum(mask, category):
@@ -65,8 +67,16 @@ def check_heat(heat, x):
 
 def test_dynunet_deep_supervision_in_training_mode():
     torch.manual_seed(0)
-    model = DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
-                    deep_supervision=True, deep_supr_num=1).train()
+    model = DynUNet(
+        3,
+        1,
+        3,
+        kernel_size=[3, 3, 3],
+        strides=[1, 2, 2],
+        upsample_kernel_size=[2, 2],
+        deep_supervision=True,
+        deep_supr_num=1,
+    ).train()
     x = torch.randn(2, 1, 16, 16, 16)
     before = model_state(model)
     with torch.no_grad():
@@ -131,7 +141,9 @@ def test_swinunetr_list_output_stage_and_decoder():
     decoder = volcam.GradCAM(model, "decoder3").explain(x, targets=volcam.SegmentationTarget(1, mask="all"))
     check_heat(decoder.heat, x)
     # swinViT returns a list of five stages; the selector picks stage 2 ([B, 48, 8, 8]) and hands the clone on
-    stage = volcam.GradCAM(model, "swinViT", layer_output=2).explain(x, targets=volcam.SegmentationTarget(1, mask="all"))
+    stage = volcam.GradCAM(model, "swinViT", layer_output=2).explain(
+        x, targets=volcam.SegmentationTarget(1, mask="all")
+    )
     assert stage.layer_maps[0].shape == (2, 1, 8, 8)
     check_heat(stage.heat, x)
     assert hook_count(model) == 0

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import Pyramid, hook_count
 
 import volcam
-from helpers import Pyramid, hook_count
 from volcam.layers import find_layer, list_layers
 
 ROOT = Path(__file__).resolve().parents[1]

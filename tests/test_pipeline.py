@@ -79,8 +79,7 @@ def test_cli_end_to_end_checks_every_output(dataset, capsys):
         peak = [int(v) for v in r["peak_voxel"].split()]
         assert values[tuple(peak)] == values.max()
         world = src.affine @ np.array([*peak, 1.0])
-        np.testing.assert_allclose([float(r["peak_x"]), float(r["peak_y"]), float(r["peak_z"])], world[:3],
-                                   atol=1e-3)
+        np.testing.assert_allclose([float(r["peak_x"]), float(r["peak_y"]), float(r["peak_z"])], world[:3], atol=1e-3)
         assert 0 <= float(r["energy_in_prediction"]) <= 1 and 0 <= float(r["energy_in_label"]) <= 1
         assert float(r["predicted_volume_ml"]) == pytest.approx(int(r["predicted_voxels"]) * 0.01, abs=1e-3)
     assert not (out / ".partial").exists()
@@ -96,8 +95,14 @@ def test_label_mask_and_energy_inside_label(dataset):
 
 
 def test_sliding_window_run(dataset):
-    cfg = load_config(config(dataset, sliding_window={"roi_size": [12, 12, 8], "sw_batch_size": 4},
-                             outputs=HEAT_ONLY, targets={"classes": [1]}))
+    cfg = load_config(
+        config(
+            dataset,
+            sliding_window={"roi_size": [12, 12, 8], "sw_batch_size": 4},
+            outputs=HEAT_ONLY,
+            targets={"classes": [1]},
+        )
+    )
     assert pipeline.run(cfg, quiet=True) == 0
     rows = pipeline.read_summary(dataset / "out" / "summary.csv")
     heat = nib.load(str(dataset / "out" / rows[0]["heat_nifti"]))
@@ -116,8 +121,13 @@ def test_2d_images_with_a_2d_network(tmp_path):
     from monai.networks.nets import UNet
 
     torch.save(UNet(2, 1, 3, channels=(4, 8), strides=(2,), num_res_units=0).state_dict(), tmp_path / "model.pt")
-    cfg = config(tmp_path, network_def=net, preprocessing=[{"_target_": "DivisiblePadd", "keys": "image", "k": 2}],
-                 data={"label_folder": None}, targets={"classes": [2]})
+    cfg = config(
+        tmp_path,
+        network_def=net,
+        preprocessing=[{"_target_": "DivisiblePadd", "keys": "image", "k": 2}],
+        data={"label_folder": None},
+        targets={"classes": [2]},
+    )
     assert pipeline.run(load_config(cfg), quiet=True) == 0
     rows = pipeline.read_summary(tmp_path / "out" / "summary.csv")
     assert [r["case"] for r in rows] == ["xray0", "xray1"]
@@ -127,8 +137,11 @@ def test_2d_images_with_a_2d_network(tmp_path):
         np.testing.assert_allclose(heat.affine, affine)
         i, j = (int(v) for v in r["peak_voxel"].split())
         assert [float(r["peak_x"]), float(r["peak_y"]), float(r["peak_z"])] == pytest.approx(
-            [-10 + 0.7 * i, 20 + 0.7 * j, 5.0], abs=1e-3)
-        assert float(r["predicted_volume_ml"]) == pytest.approx(int(r["predicted_voxels"]) * 0.7 * 0.7 * 3 / 1000, abs=1e-4)
+            [-10 + 0.7 * i, 20 + 0.7 * j, 5.0], abs=1e-3
+        )
+        assert float(r["predicted_volume_ml"]) == pytest.approx(
+            int(r["predicted_voxels"]) * 0.7 * 0.7 * 3 / 1000, abs=1e-4
+        )
         assert r["pngs"] == "1" and (tmp_path / "out" / r["figure"]).is_file()
 
 
@@ -148,7 +161,9 @@ def test_bad_cases_are_listed_and_leave_nothing(dataset, capsys):
     assert len(rows) == 14
     reasons = {case: rows[(case, "1")]["error"] for case in ("corrupt", "flat2d", "allnan", "twochannel")}
     assert "image must be a readable image file, not" in reasons["corrupt"] and "corrupt.nii.gz" in reasons["corrupt"]
-    assert "image must be 3D like the network" in reasons["flat2d"] and "not 2D with shape [20, 18]" in reasons["flat2d"]
+    assert (
+        "image must be 3D like the network" in reasons["flat2d"] and "not 2D with shape [20, 18]" in reasons["flat2d"]
+    )
     assert "must contain only finite values, not no finite voxel" in reasons["allnan"]
     assert "image must have 1 channel(s) like network_def.in_channels, not 2" in reasons["twochannel"]
     for case in ("corrupt", "flat2d", "allnan", "twochannel"):
@@ -207,12 +222,24 @@ def test_rerun_skips_complete_cases(dataset):
 def test_killed_run_resumes_without_redoing_finished_cases(dataset):
     gate = dataset / "gate"
     cfg = config(dataset, outputs=HEAT_ONLY)
-    gated = dict(cfg, network_def={**cfg["network_def"], "_target_": "pipeline_helpers.GatedUNet",
-                                   "gate": str(gate), "block_after": 3})
+    gated = dict(
+        cfg,
+        network_def={
+            **cfg["network_def"],
+            "_target_": "pipeline_helpers.GatedUNet",
+            "gate": str(gate),
+            "block_after": 3,
+        },
+    )
     path = write_yaml(dataset / "gated.yaml", gated)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "MPLBACKEND": "Agg"}
-    proc = subprocess.Popen([sys.executable, "-m", "volcam", "run", str(path), "--quiet"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volcam", "run", str(path), "--quiet"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out = dataset / "out"
     try:
         deadline = time.monotonic() + 120
@@ -240,15 +267,25 @@ def test_killed_run_resumes_without_redoing_finished_cases(dataset):
 
 def test_merge_summaries_in_case_order(tmp_path):
     """Tables written by separate processes (e.g. one per shard) merge into one, in case order."""
-    rows = [{"case": c, "class": k, "status": "ok", "energy_in_prediction": 0.25, "note": None}
-            for c in ("b", "a", "c") for k in (2, 1)]
+    rows = [
+        {"case": c, "class": k, "status": "ok", "energy_in_prediction": 0.25, "note": None}
+        for c in ("b", "a", "c")
+        for k in (2, 1)
+    ]
     pipeline.write_summary(rows[:2] + rows[4:], tmp_path / "shard0.csv")
     pipeline.write_summary(rows[2:4], tmp_path / "shard1.csv")
-    merged = pipeline.merge_summaries([tmp_path / "shard0.csv", tmp_path / "shard1.csv"], tmp_path / "all.csv",
-                                      order=["a", "b", "c"])
+    merged = pipeline.merge_summaries(
+        [tmp_path / "shard0.csv", tmp_path / "shard1.csv"], tmp_path / "all.csv", order=["a", "b", "c"]
+    )
     got = pipeline.read_summary(merged)
-    assert [(r["case"], r["class"]) for r in got] == [("a", "1"), ("a", "2"), ("b", "1"), ("b", "2"),
-                                                      ("c", "1"), ("c", "2")]
+    assert [(r["case"], r["class"]) for r in got] == [
+        ("a", "1"),
+        ("a", "2"),
+        ("b", "1"),
+        ("b", "2"),
+        ("c", "1"),
+        ("c", "2"),
+    ]
     assert list(got[0]) == pipeline.SUMMARY_COLUMNS
     assert got[0]["energy_in_prediction"] == "0.25" and got[0]["note"] == "" and got[0]["seconds"] == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.csv", "shard0.csv", "shard1.csv"]  # no temp files
@@ -263,8 +300,13 @@ def test_cuda_run_matches_cpu_run(dataset, roi):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32 on the GPU
     try:
         for device in ("cpu", "cuda"):
-            cfg = config(dataset, device=device, outputs={**HEAT_ONLY, "dir": str(dataset / device)},
-                         targets={"mask": "label"}, sliding_window={"roi_size": roi})
+            cfg = config(
+                dataset,
+                device=device,
+                outputs={**HEAT_ONLY, "dir": str(dataset / device)},
+                targets={"mask": "label"},
+                sliding_window={"roi_size": roi},
+            )
             assert pipeline.run(load_config(cfg), quiet=True) == 0
             rows[device] = pipeline.read_summary(dataset / device / "summary.csv")
     finally:

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import Pyramid, assert_same_state, model_state
 from monai.networks.nets import UNETR, ViT
 
 import volcam
-from helpers import Pyramid, assert_same_state, model_state
 from volcam.methods.rollout import AttentionRollout
 
 LAYERS = 12  # UNETR always has 12 transformer blocks
@@ -23,8 +23,18 @@ def _one_thread():
 
 def unetr(dims, **kw):
     torch.manual_seed(0)
-    return UNETR(1, 2, SIZES[dims], feature_size=4, hidden_size=32, mlp_dim=32, num_heads=2,
-                 spatial_dims=dims, qkv_bias=True, **kw).eval()
+    return UNETR(
+        1,
+        2,
+        SIZES[dims],
+        feature_size=4,
+        hidden_size=32,
+        mlp_dim=32,
+        num_heads=2,
+        spatial_dims=dims,
+        qkv_bias=True,
+        **kw,
+    ).eval()
 
 
 def patches(dims):
@@ -102,8 +112,10 @@ def test_head_fusion(dims):
     n, p, q = patches(dims), 1, 6
     net = set_attention(unetr(dims), dims, heads_to=(p, q))
     x = torch.randn(1, 1, *SIZES[dims])
+
     def run(fusion):
         return AttentionRollout(net, head_fusion=fusion, normalize=False).explain(x).layer_maps[0].flatten()
+
     assert torch.allclose(run("mean"), expected_map(n, [p, q], 0.5), atol=1e-6)
     assert torch.allclose(run("max"), expected_map(n, [p, q], 1 / 3), atol=1e-6)  # Â = (2Q + I) / 3
     assert torch.allclose(run("min"), torch.full((n,), 1 / n), atol=1e-6)  # the heads never agree: Â = I
@@ -129,10 +141,10 @@ def reference_rollout(attentions, grads=None, class_token=False):
     out = []
     for s in range(b):
         r = torch.eye(n, dtype=torch.float64)
-        for l, a in enumerate(attentions):
+        for i, a in enumerate(attentions):
             a = a[s].double()
             if grads is not None:
-                a = torch.relu(grads[l][s].double() * a)
+                a = torch.relu(grads[i][s].double() * a)
             f = (a.mean(0) + torch.eye(n, dtype=torch.float64)) / 2
             f = f / f.sum(1, keepdim=True)
             r = f @ r
@@ -174,8 +186,19 @@ def test_gradient_weighting_matches_a_reference(dims):
 
 def test_class_token_row_of_a_classification_vit():
     torch.manual_seed(0)
-    vit = ViT(1, (32, 32), (8, 8), hidden_size=16, mlp_dim=16, num_layers=3, num_heads=2,
-              classification=True, num_classes=3, spatial_dims=2, save_attn=True).eval()
+    vit = ViT(
+        1,
+        (32, 32),
+        (8, 8),
+        hidden_size=16,
+        mlp_dim=16,
+        num_layers=3,
+        num_heads=2,
+        classification=True,
+        num_classes=3,
+        spatial_dims=2,
+        save_attn=True,
+    ).eval()
     x = torch.randn(2, 1, 32, 32)
     res = AttentionRollout(vit, model_output=0, normalize=False).explain(x, targets=volcam.ClassifierTarget(2))
     with torch.no_grad():

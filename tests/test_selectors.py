@@ -4,10 +4,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from helpers import assert_same_state, model_state
 from torch import nn
 
 import volcam
-from helpers import assert_same_state, model_state
 from volcam.selectors import replace, select
 
 

@@ -46,8 +46,7 @@ def test_one_window_with_user_mask_and_default_target():
     # None: the class with the largest predicted volume, as cam(x) chooses it
     torch.testing.assert_close(sliding_window_cam(cam, x, 12).heat, cam(x), atol=1e-5, rtol=1e-4)
     raw = volcam.GradCAM(model, "model.1.submodule", normalize=False)
-    torch.testing.assert_close(sliding_window_cam(raw, x, 12, targets=1).heat, raw(x, targets=1),
-                               atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(sliding_window_cam(raw, x, 12, targets=1).heat, raw(x, targets=1), atol=1e-6, rtol=1e-4)
 
 
 class BlobNet(nn.Module):
@@ -131,8 +130,7 @@ def test_import_stays_light():
         "import sys, volcam, volcam.sliding; assert callable(volcam.sliding_window_cam);"
         "print(sorted(m for m in ('matplotlib', 'nibabel', 'ignite', 'monai') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=root, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
     assert out.stdout.strip() == "[]"
 
 

@@ -5,10 +5,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import Pyramid, assert_same_state, hook_count, model_state
 from torch import nn
 
 import volcam
-from helpers import Pyramid, assert_same_state, hook_count, model_state
 from volcam.smoothing import AugSmooth, View, apply_view, invert_view
 
 FLIPS_ONLY = AugSmooth(flips="all", scales=(1.0,))

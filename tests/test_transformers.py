@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Pyramid, assert_same_state, model_state
 from monai.networks.nets import UNETR, SwinUNETR, ViT
 from monai.networks.nets.swin_unetr import compute_mask, window_partition
 
 import volcam
-from helpers import Pyramid, assert_same_state, model_state
 from volcam.transformers import (
     ChannelsLast,
     SwinWindows,
@@ -35,8 +35,15 @@ def unetr(dims):
 
 def swin2d():
     torch.manual_seed(0)
-    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, depths=(2, 2, 2, 2), num_heads=(1, 1, 1, 1),
-                    window_size=4, spatial_dims=2)
+    net = SwinUNETR(
+        in_channels=1,
+        out_channels=2,
+        feature_size=12,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 1, 1, 1),
+        window_size=4,
+        spatial_dims=2,
+    )
     return net.eval()
 
 
@@ -59,8 +66,18 @@ def test_token_grid_equals_unetr_own_projection(dims):
 
 
 def test_patch_size_and_class_token_of_a_vit():
-    vit = ViT(1, (32, 32), (8, 4), hidden_size=16, mlp_dim=16, num_layers=1, num_heads=2, classification=True,
-              spatial_dims=2, proj_type="perceptron")
+    vit = ViT(
+        1,
+        (32, 32),
+        (8, 4),
+        hidden_size=16,
+        mlp_dim=16,
+        num_layers=1,
+        num_heads=2,
+        classification=True,
+        spatial_dims=2,
+        proj_type="perceptron",
+    )
     assert patch_size(vit) == (8, 4)
     r = vit_reshape(vit, (32, 32))
     assert r.grid_size == (4, 8) and r.class_token
@@ -68,8 +85,10 @@ def test_patch_size_and_class_token_of_a_vit():
         vit_reshape(vit, (30, 32))
 
 
-@pytest.mark.parametrize("grid,window,shift", [((9, 7), (4, 4), (2, 2)), ((6, 10, 12), (4, 4, 4), (2, 2, 2)),
-                                               ((3, 8, 8), (4, 4, 4), (2, 2, 2))])
+@pytest.mark.parametrize(
+    "grid,window,shift",
+    [((9, 7), (4, 4), (2, 2)), ((6, 10, 12), (4, 4, 4), (2, 2, 2)), ((3, 8, 8), (4, 4, 4), (2, 2, 2))],
+)
 def test_swin_windows_invert_monai_partition(grid, window, shift):
     x = torch.randn(2, *grid, 5)  # channels last, as Swin blocks hold it
     r = SwinWindows(grid, window, shift)
@@ -89,6 +108,7 @@ def test_swin_windows_of_a_real_shifted_block(dims):
     block = swin2d().swinViT.layers1[0].blocks[1] if dims == 2 else None
     if dims == 3:
         from monai.networks.nets.swin_unetr import SwinTransformerBlock
+
         torch.manual_seed(0)
         block = SwinTransformerBlock(12, 1, (4, 4, 4), (2, 2, 2)).eval()
     grid = (10, 6) if dims == 2 else (6, 10, 5)

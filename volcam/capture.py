@@ -22,8 +22,9 @@ Captured tensors live in the :class:`Captured` object of that call, never on the
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,9 +82,7 @@ def _make_pre_hook(state: Captured) -> Callable:
         if any(t.requires_grad for t in tensors):
             return None  # the graph started upstream already
         return tuple(
-            a.detach().requires_grad_(True).clone()
-            if isinstance(a, torch.Tensor) and a.is_floating_point()
-            else a
+            a.detach().requires_grad_(True).clone() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
             for a in args
         )
 

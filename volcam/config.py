@@ -160,7 +160,7 @@ def _id_to_key(config_id: str) -> str:
     return config_id.replace("::", ".")
 
 
-def resolve_device(device) -> "torch.device":  # noqa: F821
+def resolve_device(device) -> torch.device:  # noqa: F821
     """``"auto"`` -> ``cuda`` when available, else ``cpu``; other strings go to :class:`torch.device`."""
     import torch
 
@@ -183,14 +183,16 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "network", "net", "m
 def _is_state_dict(obj) -> bool:
     import torch
 
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
 def _strip_prefix(state: Mapping, prefix: str) -> dict:
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -301,7 +303,7 @@ def _label_for(image: Path, label_folder: Path) -> Path | None:
     stem = _strip_suffix(image.name)
     names = [image.name]
     if stem.endswith("_0000"):  # nnU-Net: case_0000.nii.gz -> case.nii.gz
-        names.append(stem[: -len("_0000")] + image.name[len(stem):])
+        names.append(stem[: -len("_0000")] + image.name[len(stem) :])
     for name in names:
         if (label_folder / name).exists():
             return label_folder / name
@@ -384,9 +386,7 @@ def list_cases(data: Mapping, *, base: str | os.PathLike = ".") -> list[Case]:
             label = _label_for(image, label_folder) if label_folder is not None else None
             cases.append(Case(case_id, image, label))
         if not cases:
-            raise ConfigError(
-                f"data.glob must match at least one file in '{folder}', not {pattern!r}", key="data.glob"
-            )
+            raise ConfigError(f"data.glob must match at least one file in '{folder}', not {pattern!r}", key="data.glob")
     elif kind == "files":
         files = data["files"]
         if isinstance(files, (str, os.PathLike)) or not isinstance(files, Sequence) or not files:
@@ -472,9 +472,7 @@ class RunConfig:
 
         net = self.parsed("network_def")
         if not isinstance(net, torch.nn.Module):
-            raise ConfigError(
-                f"network_def must build a torch.nn.Module, not {type(net).__name__}", key="network_def"
-            )
+            raise ConfigError(f"network_def must build a torch.nn.Module, not {type(net).__name__}", key="network_def")
         ckpt = self.settings["checkpoint"]
         if load_weights and ckpt:
             load_checkpoint(net, ckpt, key=self.settings["checkpoint_key"])
@@ -576,8 +574,7 @@ def _check_section(name: str, raw) -> dict:
     for k in raw:
         if k not in defaults:
             raise ConfigError(
-                f"{name}.{k} is not a setting of {name} (settings: {', '.join(defaults)})"
-                f"{_did_you_mean(k, defaults)}",
+                f"{name}.{k} is not a setting of {name} (settings: {', '.join(defaults)}){_did_you_mean(k, defaults)}",
                 key=f"{name}.{k}",
             )
     out = {k: (v if not isinstance(v, (dict, list)) else type(v)(v)) for k, v in defaults.items()}
@@ -730,8 +727,9 @@ def _validate(s: dict, raw: Mapping) -> None:
     t = s["targets"]
     classes = t["classes"]
     if classes is None:
-        raise ConfigError("targets.classes is required (the output channels to explain, e.g. [1, 2])",
-                          key="targets.classes")
+        raise ConfigError(
+            "targets.classes is required (the output channels to explain, e.g. [1, 2])", key="targets.classes"
+        )
     if isinstance(classes, int) and not isinstance(classes, bool):
         classes = [classes]
     t["classes"] = _as_int_list(classes, "targets.classes", minimum=0)
@@ -768,8 +766,7 @@ def _validate(s: dict, raw: Mapping) -> None:
 
     d = s["data"]
     if not isinstance(d["num_workers"], int) or d["num_workers"] < 0:
-        raise ConfigError(f"data.num_workers must be an integer >= 0, not {d['num_workers']!r}",
-                          key="data.num_workers")
+        raise ConfigError(f"data.num_workers must be an integer >= 0, not {d['num_workers']!r}", key="data.num_workers")
     if not raw.get("data"):
         raise ConfigError("data is required (one of data.folder, data.files or data.dataset_json)", key="data")
 
@@ -795,11 +792,14 @@ def _validate(s: dict, raw: Mapping) -> None:
             key="outputs.figure",
         )
     if o["window"] is not None and not (
-        isinstance(o["window"], (list, tuple)) and len(o["window"]) == 2
-        and all(isinstance(v, (int, float)) for v in o["window"]) and o["window"][0] < o["window"][1]
+        isinstance(o["window"], (list, tuple))
+        and len(o["window"]) == 2
+        and all(isinstance(v, (int, float)) for v in o["window"])
+        and o["window"][0] < o["window"][1]
     ):
-        raise ConfigError(f"outputs.window must be [low, high] with low < high, or null, not {o['window']!r}",
-                          key="outputs.window")
+        raise ConfigError(
+            f"outputs.window must be [low, high] with low < high, or null, not {o['window']!r}", key="outputs.window"
+        )
     if not isinstance(o["dir"], (str, os.PathLike)) or not str(o["dir"]):
         raise ConfigError(f"outputs.dir must be a folder path, not {o['dir']!r}", key="outputs.dir")
     for flag in ("heat_nifti", "raw_heat", "pngs"):

@@ -123,8 +123,10 @@ def make_dataset(root, *, n_train: int = 16, n_test: int = 4, shape=DEMO_SHAPE, 
         "training": [],
         "test": [],
     }
-    for section, n, img_dir, lbl_dir in (("training", n_train, "imagesTr", "labelsTr"),
-                                         ("test", n_test, "imagesTs", "labelsTs")):
+    for section, n, img_dir, lbl_dir in (
+        ("training", n_train, "imagesTr", "labelsTr"),
+        ("test", n_test, "imagesTs", "labelsTs"),
+    ):
         (root / img_dir).mkdir(parents=True, exist_ok=True)
         (root / lbl_dir).mkdir(parents=True, exist_ok=True)
         for i in range(n):
@@ -163,13 +165,26 @@ def demo_config(root="demo-output") -> dict:
         "preprocessing": [
             {"_target_": "Orientationd", "keys": list(keys), "axcodes": "RAS", "labels": None},
             {"_target_": "Spacingd", "keys": list(keys), "pixdim": [2.5, 2.5, 2.5], "mode": ["bilinear", "nearest"]},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -200, "a_max": 300,
-             "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": -200,
+                "a_max": 300,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
+            },
             {"_target_": "DivisiblePadd", "keys": list(keys), "k": 4},
         ],
         "data": {"dataset_json": f"{root}/data/dataset.json", "section": "test", "num_workers": 1},
-        "outputs": {"dir": f"{root}/cams", "axes": ["axial"], "figure": "orthogonal",
-                    "window": [-200, 300], "cmap": "jet", "alpha": 0.5},
+        "outputs": {
+            "dir": f"{root}/cams",
+            "axes": ["axial"],
+            "figure": "orthogonal",
+            "window": [-200, 300],
+            "cmap": "jet",
+            "alpha": 0.5,
+        },
     }
 
 
@@ -186,8 +201,17 @@ def _prepared(config, entries, base: Path):
     return torch.stack(images), torch.stack(labels)
 
 
-def train(config, dataset_json, *, steps: int = 300, max_seconds: float | None = None, batch_size: int = 2,
-          lr: float = 1e-2, seed: int = 0, log=print):
+def train(
+    config,
+    dataset_json,
+    *,
+    steps: int = 300,
+    max_seconds: float | None = None,
+    batch_size: int = 2,
+    lr: float = 1e-2,
+    seed: int = 0,
+    log=print,
+):
     """Train ``config``'s network on the ``training`` section of ``dataset_json`` (CPU).
 
     Whole preprocessed volumes, random flips, Dice (foreground classes) + cross-entropy
@@ -253,9 +277,18 @@ def held_out_dice(model, config, dataset_json, section: str = "test") -> dict[in
     return out
 
 
-def run_demo(out_dir="demo-output", *, steps: int = 250, max_seconds: float | None = 150.0, n_train: int = 16,
-             n_test: int = 4, seed: int = 0, quiet: bool = False, device: str = "cpu",
-             shape=DEMO_SHAPE) -> dict:
+def run_demo(
+    out_dir="demo-output",
+    *,
+    steps: int = 250,
+    max_seconds: float | None = 150.0,
+    n_train: int = 16,
+    n_test: int = 4,
+    seed: int = 0,
+    quiet: bool = False,
+    device: str = "cpu",
+    shape=DEMO_SHAPE,
+) -> dict:
     """Make the dataset, train, save the checkpoint and config, and run the config on the test cases.
 
     ``steps``/``max_seconds`` bound the training (the defaults take about a minute on two
@@ -281,34 +314,45 @@ def run_demo(out_dir="demo-output", *, steps: int = 250, max_seconds: float | No
     config_path = out_dir / "demo.yaml"
     tmp = config_path.with_name(config_path.name + ".tmp")
     tmp.write_text(
-        "# written by `volcam demo`; rerun with: volcam run " + config_path.as_posix() + "\n"
+        "# written by `volcam demo`; rerun with: volcam run "
+        + config_path.as_posix()
+        + "\n"
         + yaml.safe_dump(cfg_dict, sort_keys=False, default_flow_style=None)
     )
     tmp.replace(config_path)
     config = load_config(config_path)
 
-    log(f"volcam demo: training a small 3D U-Net on {n_train} cases (CPU, "
-        f"up to {steps} steps" + (f" or {max_seconds:.0f} s" if max_seconds else "") + ")")
-    model, seconds, done = train(config, dataset_json, steps=steps, max_seconds=max_seconds, seed=seed,
-                                 log=None if quiet else log)
+    log(
+        f"volcam demo: training a small 3D U-Net on {n_train} cases (CPU, "
+        f"up to {steps} steps" + (f" or {max_seconds:.0f} s" if max_seconds else "") + ")"
+    )
+    model, seconds, done = train(
+        config, dataset_json, steps=steps, max_seconds=max_seconds, seed=seed, log=None if quiet else log
+    )
     checkpoint = Path(config["checkpoint"])
     tmp = checkpoint.with_name(checkpoint.name + ".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(checkpoint)
     dice = held_out_dice(model, config, dataset_json)
-    log(f"volcam demo: trained {done} steps in {seconds:.0f} s; held-out Dice "
-        + ", ".join(f"{CLASS_NAMES.get(c, c)} {d:.2f}" for c, d in dice.items()))
+    log(
+        f"volcam demo: trained {done} steps in {seconds:.0f} s; held-out Dice "
+        + ", ".join(f"{CLASS_NAMES.get(c, c)} {d:.2f}" for c, d in dice.items())
+    )
     if min(dice.values()) < 0.7:
-        log(f"             (a short training: {done} steps; `volcam demo --max-seconds 600` "
-            "lets a busy machine finish the 250 steps)")
+        log(
+            f"             (a short training: {done} steps; `volcam demo --max-seconds 600` "
+            "lets a busy machine finish the 250 steps)"
+        )
 
     log(f"volcam demo: explaining the {n_test} held-out cases with {config_path}")
     status = pipeline.run(config, quiet=quiet, overwrite=True)
     outputs = Path(config["outputs.dir"])
     log(f"volcam demo: done. Heat volumes, slice PNGs and figures are in {outputs}/<case>/<class>/,")
     log(f"             the summary table is {outputs / 'summary.csv'}.")
-    log(f"             Open a heat volume over its scan in 3D Slicer or ITK-SNAP, or rerun with: "
-        f"volcam run {config_path.as_posix()}")
+    log(
+        f"             Open a heat volume over its scan in 3D Slicer or ITK-SNAP, or rerun with: "
+        f"volcam run {config_path.as_posix()}"
+    )
     return {
         "dataset_json": dataset_json,
         "checkpoint": checkpoint,

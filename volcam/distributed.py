@@ -200,8 +200,9 @@ def process_group(device: torch.device, timeout: float):
         torch.cuda.set_device(device)
     # the rendezvous store of torchrun's environment, kept to share progress and results
     store, rank, world = next(dist.rendezvous("env://", timeout=limit))
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=limit,
-                            device_id=device if cuda else None)
+    dist.init_process_group(
+        backend, store=store, rank=rank, world_size=world, timeout=limit, device_id=device if cuda else None
+    )
     try:
         yield dist.PrefixStore(_STORE_PREFIX, store)
     finally:
@@ -219,8 +220,9 @@ class _Reporter:
         self.rank = rank
         self.sent = 0
         self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._beat_loop, args=(interval,), daemon=True,
-                                      name=f"volcam-heartbeat-{rank}")
+        self._beat = threading.Thread(
+            target=self._beat_loop, args=(interval,), daemon=True, name=f"volcam-heartbeat-{rank}"
+        )
 
     def announce(self) -> None:
         """Create this rank's keys (before the first collective, so rank 0 finds them)."""
@@ -280,9 +282,17 @@ class Watcher(threading.Thread):
         clock: monotonic clock (seconds).
     """
 
-    def __init__(self, store, world_size: int, *, rank: int = 0, timeout: float = DEFAULT_TIMEOUT,
-                 on_line: Callable[[int, str], None] | None = None, poll: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        store,
+        world_size: int,
+        *,
+        rank: int = 0,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_line: Callable[[int, str], None] | None = None,
+        poll: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(daemon=True, name="volcam-watcher")
         self.store = store
         self.world_size = world_size
@@ -348,9 +358,13 @@ def _stop_on_sigterm(rank: int):
         return
 
     def handler(signum, frame):
-        print(f"volcam run: rank {rank} stopped by {signal.Signals(signum).name} (torchrun sends it to every "
-              "process when one fails: see its report). Completed cases are kept: rerun the same command "
-              "to do the rest.", file=sys.stderr, flush=True)
+        print(
+            f"volcam run: rank {rank} stopped by {signal.Signals(signum).name} (torchrun sends it to every "
+            "process when one fails: see its report). Completed cases are kept: rerun the same command "
+            "to do the rest.",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -402,8 +416,15 @@ def _line(res) -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def run(config, *, overrides: Sequence[str] = (), output: str | None = None, overwrite: bool = False,
-        quiet: bool = False, env: DistEnv | None = None) -> int:
+def run(
+    config,
+    *,
+    overrides: Sequence[str] = (),
+    output: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    env: DistEnv | None = None,
+) -> int:
     """:func:`volcam.pipeline.run` for one rank of a run started by torchrun.
 
     Every rank returns: rank 0 the run's exit status (0: every case ok, 1: some case failed,
@@ -426,8 +447,9 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
     asked = config.device
     device = rank_device(asked, env.local_rank)
     if lead and asked.type == "cuda" and asked.index not in (None, 0):
-        warnings.warn(f"device {str(asked)!r} is replaced by cuda:LOCAL_RANK (one GPU per process) under torchrun",
-                      stacklevel=2)
+        warnings.warn(
+            f"device {str(asked)!r} is replaced by cuda:LOCAL_RANK (one GPU per process) under torchrun", stacklevel=2
+        )
     config = dataclasses.replace(config, settings={**config.settings, "device": str(device)})
 
     with _stop_on_sigterm(rank), process_group(device, timeout) as store:
@@ -459,12 +481,18 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
             if lead:  # complete cases are reported (as skipped) by rank 0
                 mine = done + mine
                 if not quiet:
-                    how = (f"sliding windows {runner.sliding['roi_size']}" if runner.sliding["roi_size"]
-                           else "whole volumes")
-                    print(f"volcam run: {len(cases)} case(s) over {world} processes "
-                          f"({'nccl, one GPU each' if device.type == 'cuda' else 'gloo, cpu'}), "
-                          f"{config['cam.method']} on {config['cam.target_layers']}, classes {runner.classes}, "
-                          f"{how}, outputs in {runner.out}", flush=True)
+                    how = (
+                        f"sliding windows {runner.sliding['roi_size']}"
+                        if runner.sliding["roi_size"]
+                        else "whole volumes"
+                    )
+                    print(
+                        f"volcam run: {len(cases)} case(s) over {world} processes "
+                        f"({'nccl, one GPU each' if device.type == 'cuda' else 'gloo, cpu'}), "
+                        f"{config['cam.method']} on {config['cam.target_layers']}, classes {runner.classes}, "
+                        f"{how}, outputs in {runner.out}",
+                        flush=True,
+                    )
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=len(cases), unit="case", disable=quiet, file=sys.stderr, dynamic_ncols=True)
@@ -478,8 +506,9 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
                 watcher = Watcher(store, world, rank=rank, timeout=timeout, on_line=relay)
                 watcher.start()
 
-            results = run_cases(runner, [cases[i] for i in mine], quiet=True,
-                                on_result=lambda i, res: reporter.publish(_line(res)))
+            results = run_cases(
+                runner, [cases[i] for i in mine], quiet=True, on_result=lambda i, res: reporter.publish(_line(res))
+            )
             reporter.finish([row for res in results for row in res.rows])
             if not lead:
                 return 0
@@ -497,8 +526,10 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
 
     # rank 0: one summary, in the order of the cases
     order = {c.id: i for i, c in enumerate(cases)}
-    rows = sorted((row for r in range(world) for row in watcher.rows.get(r, [])),
-                  key=lambda row: order.get(row["case"], len(order)))
+    rows = sorted(
+        (row for r in range(world) for row in watcher.rows.get(r, [])),
+        key=lambda row: order.get(row["case"], len(order)),
+    )
     summary = write_summary(rows, runner.out / "summary.csv")
     staging = runner.out / STAGING
     if staging.is_dir() and not any(staging.iterdir()):
@@ -510,10 +541,18 @@ def run(config, *, overrides: Sequence[str] = (), output: str | None = None, ove
     counts = {s: sum(v == s for v in status.values()) for s in ("ok", "skipped", "failed")}
     failed = [c.id for c in cases if status.get(c.id) == "failed"]
     if not quiet:
-        print(f"volcam run: {counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed "
-              f"over {world} processes; summary: {summary}", flush=True)
+        print(
+            f"volcam run: {counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+            f"over {world} processes; summary: {summary}",
+            flush=True,
+        )
     if failed:
-        print(f"volcam run: {len(failed)} of {len(cases)} case(s) failed: " + ", ".join(failed)
-              + f" (reasons in {summary})", file=sys.stderr, flush=True)
+        print(
+            f"volcam run: {len(failed)} of {len(cases)} case(s) failed: "
+            + ", ".join(failed)
+            + f" (reasons in {summary})",
+            file=sys.stderr,
+            flush=True,
+        )
         _wait_for_siblings(watcher.processes, rank)
     return 1 if failed else 0

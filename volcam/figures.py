@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import matplotlib
 import matplotlib.colors as mcolors
@@ -89,7 +90,7 @@ WINDOWS = {
 _CONVENTIONS = ("radiological", "neurological")
 _MAX_WINDOW_SAMPLES = 1_000_000
 
-WindowLike = Union[None, str, Sequence[float]]
+WindowLike = None | str | Sequence[float]
 
 
 # --------------------------------------------------------------------------- input handling
@@ -116,8 +117,9 @@ def window_for(image: Any, percentiles: Sequence[float] = (0.5, 99.5)) -> tuple[
     """
     p_lo, p_hi = float(percentiles[0]), float(percentiles[1])
     if not 0.0 <= p_lo < p_hi <= 100.0:
-        raise ConfigError(f"`percentiles` must be increasing within [0, 100], not {tuple(percentiles)}",
-                          key="percentiles")
+        raise ConfigError(
+            f"`percentiles` must be increasing within [0, 100], not {tuple(percentiles)}", key="percentiles"
+        )
     arr = _to_numpy(image)
     flat = arr.reshape(-1)
     step = max(1, flat.size // _MAX_WINDOW_SAMPLES)
@@ -137,14 +139,12 @@ def _resolve_window(window: WindowLike, image: np.ndarray) -> tuple[float, float
         return window_for(image)
     if isinstance(window, str):
         if window not in WINDOWS:
-            raise ConfigError(f"`window` must be (low, high) or one of {sorted(WINDOWS)}, not {window!r}",
-                              key="window")
+            raise ConfigError(f"`window` must be (low, high) or one of {sorted(WINDOWS)}, not {window!r}", key="window")
         return WINDOWS[window]
     try:
         lo, hi = (float(v) for v in window)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"`window` must be (low, high), a preset name or None, not {window!r}",
-                          key="window") from err
+        raise ConfigError(f"`window` must be (low, high), a preset name or None, not {window!r}", key="window") from err
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise ConfigError(f"`window` must be (low, high) with low < high, not {window!r}", key="window")
     return (lo, hi)
@@ -156,8 +156,7 @@ def _resolve_range(heat_range: Sequence[float]) -> tuple[float, float]:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"`heat_range` must be (low, high), not {heat_range!r}", key="heat_range") from err
     if not hi > lo:
-        raise ConfigError(f"`heat_range` must be (low, high) with low < high, not {heat_range!r}",
-                          key="heat_range")
+        raise ConfigError(f"`heat_range` must be (low, high) with low < high, not {heat_range!r}", key="heat_range")
     return (lo, hi)
 
 
@@ -167,8 +166,9 @@ def _colormap(cmap: Any):
     try:
         return matplotlib.colormaps[cmap]
     except (KeyError, TypeError) as err:
-        raise ConfigError(f"`cmap` must be a matplotlib colormap or its name (e.g. 'jet', 'hot', 'inferno'), "
-                          f"not {cmap!r}", key="cmap") from err
+        raise ConfigError(
+            f"`cmap` must be a matplotlib colormap or its name (e.g. 'jet', 'hot', 'inferno'), not {cmap!r}", key="cmap"
+        ) from err
 
 
 def slice_axis(affine: Any, axis: str) -> int:
@@ -187,8 +187,9 @@ class _Case:
     """Image, heat and mask of one case reoriented (flips/transposes, no resampling) to RAS+
     voxel order, with the display settings; renders any slice to RGB."""
 
-    def __init__(self, image, heat, mask, affine, *, window, cmap, alpha, threshold, blend, heat_range,
-                 outline_color, convention):
+    def __init__(
+        self, image, heat, mask, affine, *, window, cmap, alpha, threshold, blend, heat_range, outline_color, convention
+    ):
         img = _spatial_numpy(image, None, what="image", where="")
         shape = img.shape
         hm = _spatial_numpy(heat, shape, what="heat", where="the image")
@@ -235,7 +236,7 @@ class _Case:
         self.convention = _check_choice(convention, _CONVENTIONS, "convention")
 
     # geometry -------------------------------------------------------------------------
-    def axis_index(self, axis: Optional[str]) -> int:
+    def axis_index(self, axis: str | None) -> int:
         return AXES[_check_choice(axis if axis is not None else self.default_axis, tuple(AXES), "axis")]
 
     def check_index(self, a: int, index: int) -> int:
@@ -256,7 +257,7 @@ class _Case:
             d = d[:, ::-1]
         return d
 
-    def slab(self, vol: Optional[np.ndarray], a: int, k0: int, k1: int) -> Optional[np.ndarray]:
+    def slab(self, vol: np.ndarray | None, a: int, k0: int, k1: int) -> np.ndarray | None:
         """Slices k0..k1-1 across axis a as one contiguous copy, slice-major. Copying a few
         neighbouring slices at once reads memory in whole cache lines, where one slice of
         a (X, Y, Z) array across Z would touch a cache line per voxel."""
@@ -316,13 +317,14 @@ class _Case:
             self._tables[key] = table
         return table
 
-    def rgb(self, a: int, k: int, alpha: Optional[float] = None) -> np.ndarray:
+    def rgb(self, a: int, k: int, alpha: float | None = None) -> np.ndarray:
         """uint8 [H, W, 3] overlay of slice k across world axis a."""
         mask = None if self.mask is None else self.plane(self.mask, a, k)
         return self.blend(self.plane(self.image, a, k), self.plane(self.heat, a, k), mask, alpha)
 
-    def blend(self, image2d: np.ndarray, heat2d: np.ndarray, mask2d: Optional[np.ndarray],
-              alpha: Optional[float] = None) -> np.ndarray:
+    def blend(
+        self, image2d: np.ndarray, heat2d: np.ndarray, mask2d: np.ndarray | None, alpha: float | None = None
+    ) -> np.ndarray:
         """uint8 [H, W, 3] overlay of display-oriented 2D slices.
 
         The grey level (256 steps of the window) and the heat colour index (the
@@ -406,7 +408,7 @@ def overlay_slice(
     index: int,
     *,
     affine: Any = None,
-    axis: Optional[str] = None,
+    axis: str | None = None,
     window: WindowLike = None,
     cmap: Any = "jet",
     alpha: float = 0.5,
@@ -440,8 +442,20 @@ def overlay_slice(
     Returns:
         uint8 array ``[H, W, 3]`` (rows top to bottom as displayed).
     """
-    case = _make_case(image, heat, mask, affine, window=window, cmap=cmap, alpha=alpha, threshold=threshold,
-                      blend=blend, heat_range=heat_range, outline_color=outline_color, convention=convention)
+    case = _make_case(
+        image,
+        heat,
+        mask,
+        affine,
+        window=window,
+        cmap=cmap,
+        alpha=alpha,
+        threshold=threshold,
+        blend=blend,
+        heat_range=heat_range,
+        outline_color=outline_color,
+        convention=convention,
+    )
     a = case.axis_index(axis)
     return case.rgb(a, case.check_index(a, index))
 
@@ -459,11 +473,11 @@ def _write_png(path: Path, rgb: np.ndarray, compress_level: int) -> Path:
 def save_slice_pngs(
     image: Any,
     heat: Any,
-    out_dir: Union[str, "os.PathLike[str]"],
+    out_dir: str | os.PathLike[str],
     *,
     affine: Any = None,
-    axis: Optional[str] = None,
-    slices: Optional[Sequence[int]] = None,
+    axis: str | None = None,
+    slices: Sequence[int] | None = None,
     window: WindowLike = None,
     cmap: Any = "jet",
     alpha: float = 0.5,
@@ -474,7 +488,7 @@ def save_slice_pngs(
     outline_color: Any = "white",
     convention: str = "radiological",
     prefix: str = "",
-    workers: Optional[int] = None,
+    workers: int | None = None,
     compress_level: int = 1,
 ) -> list[Path]:
     """Write one PNG per slice: the windowed grey slice with the heat blended over it.
@@ -500,8 +514,20 @@ def save_slice_pngs(
     Returns:
         The written paths, in slice order.
     """
-    case = _make_case(image, heat, mask, affine, window=window, cmap=cmap, alpha=alpha, threshold=threshold,
-                      blend=blend, heat_range=heat_range, outline_color=outline_color, convention=convention)
+    case = _make_case(
+        image,
+        heat,
+        mask,
+        affine,
+        window=window,
+        cmap=cmap,
+        alpha=alpha,
+        threshold=threshold,
+        blend=blend,
+        heat_range=heat_range,
+        outline_color=outline_color,
+        convention=convention,
+    )
     a = case.axis_index(axis)
     indices = list(range(case.shape[a])) if slices is None else [case.check_index(a, k) for k in slices]
     if not 0 <= int(compress_level) <= 9:
@@ -562,8 +588,9 @@ def _show(ax, case: _Case, a: int, k: int, interpolation: str):
     return artist
 
 
-def add_colorbar(fig, axes, *, cmap: Any = "jet", heat_range: Sequence[float] = (0.0, 1.0),
-                 label: str = "CAM", **kwargs):
+def add_colorbar(
+    fig, axes, *, cmap: Any = "jet", heat_range: Sequence[float] = (0.0, 1.0), label: str = "CAM", **kwargs
+):
     """Add a colourbar of the heat scale (``cmap`` over ``heat_range``) next to ``axes``.
 
     Returns the matplotlib ``Colorbar``. Use the same ``cmap``/``heat_range`` as the
@@ -602,10 +629,10 @@ def mosaic(
     heat: Any,
     *,
     affine: Any = None,
-    axis: Optional[str] = None,
+    axis: str | None = None,
     n: int = 9,
-    select: Union[str, Sequence[int]] = "even",
-    ncols: Optional[int] = None,
+    select: str | Sequence[int] = "even",
+    ncols: int | None = None,
     window: WindowLike = None,
     cmap: Any = "jet",
     alpha: float = 0.5,
@@ -616,7 +643,7 @@ def mosaic(
     outline_color: Any = "white",
     convention: str = "radiological",
     colorbar: bool = True,
-    title: Optional[str] = None,
+    title: str | None = None,
     panel_size: float = 2.4,
     interpolation: str = "nearest",
     fig: Any = None,
@@ -644,8 +671,20 @@ def mosaic(
     Returns:
         The ``Figure``; each panel's title gives the slice index and world position.
     """
-    case = _make_case(image, heat, mask, affine, window=window, cmap=cmap, alpha=alpha, threshold=threshold,
-                      blend=blend, heat_range=heat_range, outline_color=outline_color, convention=convention)
+    case = _make_case(
+        image,
+        heat,
+        mask,
+        affine,
+        window=window,
+        cmap=cmap,
+        alpha=alpha,
+        threshold=threshold,
+        blend=blend,
+        heat_range=heat_range,
+        outline_color=outline_color,
+        convention=convention,
+    )
     a = case.axis_index(axis)
     chosen = case.choose_slices(a, n, select)
     if not chosen:
@@ -699,7 +738,7 @@ def orthogonal_views(
     heat: Any,
     *,
     affine: Any = None,
-    point: Optional[Sequence[float]] = None,
+    point: Sequence[float] | None = None,
     window: WindowLike = None,
     cmap: Any = "jet",
     alpha: float = 0.5,
@@ -711,7 +750,7 @@ def orthogonal_views(
     convention: str = "radiological",
     crosshair: bool = True,
     colorbar: bool = True,
-    title: Optional[str] = None,
+    title: str | None = None,
     panel_size: float = 3.0,
     interpolation: str = "nearest",
     fig: Any = None,
@@ -729,8 +768,20 @@ def orthogonal_views(
         The three axes are ``fig.axes[:3]`` (axial, coronal, sagittal); a 2D image gets
         one panel, its own plane.
     """
-    case = _make_case(image, heat, mask, affine, window=window, cmap=cmap, alpha=alpha, threshold=threshold,
-                      blend=blend, heat_range=heat_range, outline_color=outline_color, convention=convention)
+    case = _make_case(
+        image,
+        heat,
+        mask,
+        affine,
+        window=window,
+        cmap=cmap,
+        alpha=alpha,
+        threshold=threshold,
+        blend=blend,
+        heat_range=heat_range,
+        outline_color=outline_color,
+        convention=convention,
+    )
     voxel = case.hottest_voxel() if point is None else _voxel_of_point(case, point)
     world = case.affine[:3, :3] @ np.asarray(voxel, dtype=np.float64) + case.affine[:3, 3]
     src_voxel = np.linalg.solve(case.source_affine[:3, :3], world - case.source_affine[:3, 3])
@@ -755,8 +806,10 @@ def orthogonal_views(
     if colorbar:
         _style_colorbar(add_colorbar(fig, list(axes), cmap=case.cmap, heat_range=case.heat_range))
     where = "hottest voxel" if point is None else "point"
-    heading = (f"{where} at ({world[0]:+.1f}, {world[1]:+.1f}, {world[2]:+.1f}) mm, voxel {src_voxel}, "
-               f"heat {float(case.heat[voxel]):.2f}")
+    heading = (
+        f"{where} at ({world[0]:+.1f}, {world[1]:+.1f}, {world[2]:+.1f}) mm, voxel {src_voxel}, "
+        f"heat {float(case.heat[voxel]):.2f}"
+    )
     fig.suptitle(title or heading, color="white", fontsize=9)
     return fig
 
@@ -786,14 +839,17 @@ class SliceBrowser:
         self._title = self.ax.set_title(case.label(a, start), color="white", fontsize=9)
         _letters(self.ax, case.edge_letters(a))
         cax = self.fig.add_axes([0.87, 0.2, 0.03, 0.72])
-        _style_colorbar(self.fig.colorbar(
-            matplotlib.cm.ScalarMappable(norm=mcolors.Normalize(*case.heat_range), cmap=case.cmap),
-            cax=cax, label="CAM"))
+        _style_colorbar(
+            self.fig.colorbar(
+                matplotlib.cm.ScalarMappable(norm=mcolors.Normalize(*case.heat_range), cmap=case.cmap),
+                cax=cax,
+                label="CAM",
+            )
+        )
         s_ax = self.fig.add_axes([0.15, 0.09, 0.65, 0.04], facecolor="0.2")
         a_ax = self.fig.add_axes([0.15, 0.03, 0.65, 0.04], facecolor="0.2")
         n = case.shape[a]
-        self.slider = Slider(s_ax, "slice", 0, max(n - 1, 1), valinit=start, valstep=1, valfmt="%d",
-                             color="0.6")
+        self.slider = Slider(s_ax, "slice", 0, max(n - 1, 1), valinit=start, valstep=1, valfmt="%d", color="0.6")
         if n == 1:  # a 2D image: nothing to browse, only the opacity
             self.slider.set_active(False)
             s_ax.set_visible(False)
@@ -832,8 +888,8 @@ def browse(
     heat: Any,
     *,
     affine: Any = None,
-    axis: Optional[str] = None,
-    start: Optional[int] = None,
+    axis: str | None = None,
+    start: int | None = None,
     window: WindowLike = None,
     cmap: Any = "jet",
     alpha: float = 0.5,
@@ -859,8 +915,20 @@ def browse(
     Returns:
         A :class:`SliceBrowser`; keep a reference to it.
     """
-    case = _make_case(image, heat, mask, affine, window=window, cmap=cmap, alpha=alpha, threshold=threshold,
-                      blend=blend, heat_range=heat_range, outline_color=outline_color, convention=convention)
+    case = _make_case(
+        image,
+        heat,
+        mask,
+        affine,
+        window=window,
+        cmap=cmap,
+        alpha=alpha,
+        threshold=threshold,
+        blend=blend,
+        heat_range=heat_range,
+        outline_color=outline_color,
+        convention=convention,
+    )
     a = case.axis_index(axis)
     k = case.hottest_voxel()[a] if start is None else case.check_index(a, start)
     return SliceBrowser(case, a, k, interpolation, figsize)
@@ -869,7 +937,7 @@ def browse(
 # --------------------------------------------------------------------------- saving
 
 
-def save_figure(fig, path: Union[str, "os.PathLike[str]"], *, dpi: float = 150, **savefig_kwargs) -> Path:
+def save_figure(fig, path: str | os.PathLike[str], *, dpi: float = 150, **savefig_kwargs) -> Path:
     """Save a figure atomically (temporary file, then rename); the format follows the suffix.
 
     Args:
@@ -888,8 +956,9 @@ def save_figure(fig, path: Union[str, "os.PathLike[str]"], *, dpi: float = 150, 
     fmt = path.suffix.lower().lstrip(".")
     supported = fig.canvas.get_supported_filetypes()
     if fmt not in supported:
-        raise ConfigError(f"figure path must end in one of {sorted('.' + f for f in supported)}, not '{path}'",
-                          key="path")
+        raise ConfigError(
+            f"figure path must end in one of {sorted('.' + f for f in supported)}, not '{path}'", key="path"
+        )
     savefig_kwargs.setdefault("bbox_inches", "tight")
     savefig_kwargs.setdefault("facecolor", fig.get_facecolor())
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, **savefig_kwargs))

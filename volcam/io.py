@@ -32,9 +32,9 @@ import os
 import secrets
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 import nibabel as nib
 import numpy as np
@@ -71,7 +71,7 @@ def _is_meta_tensor(x: Any) -> bool:
     return mod is not None and isinstance(x, mod.MetaTensor)
 
 
-def _nifti_suffix(path: Path) -> Optional[str]:
+def _nifti_suffix(path: Path) -> str | None:
     name = path.name.lower()
     for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
@@ -165,7 +165,7 @@ def _nonfinite_counts(x: torch.Tensor) -> tuple[int, int]:
 
 def load_image(
     path: PathLike,
-    transform: Optional[Callable] = None,
+    transform: Callable | None = None,
     *,
     dtype: Any = np.float32,
     allow_nonfinite: bool = False,
@@ -203,9 +203,7 @@ def load_image(
     except Exception as err:
         raise ImageReadError(f"image file '{path}' cannot be read as NIfTI: {err}", path=path) from err
     if not isinstance(header_only, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ImageReadError(
-            f"image file '{path}' must be NIfTI, not {type(header_only).__name__}", path=path
-        )
+        raise ImageReadError(f"image file '{path}' must be NIfTI, not {type(header_only).__name__}", path=path)
     from monai.data import NibabelReader
     from monai.transforms import LoadImage
 
@@ -257,7 +255,7 @@ def invert_to_source(
     preprocessed: Any,
     transform: Any,
     *,
-    key: Optional[str] = None,
+    key: str | None = None,
     nearest: bool = False,
 ):
     """Take a heat volume from the preprocessed grid back onto the source scan's grid.
@@ -292,7 +290,7 @@ def invert_to_source(
             on the source grid (a spatial step of the chain is not invertible).
     """
     from monai.data import MetaTensor
-    from monai.transforms import InvertibleTransform, Invertd
+    from monai.transforms import Invertd, InvertibleTransform
     from monai.transforms.utils import convert_applied_interp_mode
 
     is_dict = isinstance(preprocessed, Mapping)
@@ -381,7 +379,7 @@ class _Geometry:
         self.name = name
 
 
-def _meta_code(meta: Mapping, name: str) -> Optional[int]:
+def _meta_code(meta: Mapping, name: str) -> int | None:
     value = meta.get(name) if isinstance(meta, Mapping) else None
     if value is None:
         return None
@@ -417,8 +415,7 @@ def _reference_geometry(reference: Any) -> _Geometry:
         name = str(path)
     else:
         raise ConfigError(
-            "`reference` must be a NIfTI path, a nibabel NIfTI image or a MetaTensor, not "
-            f"{type(reference).__name__}",
+            f"`reference` must be a NIfTI path, a nibabel NIfTI image or a MetaTensor, not {type(reference).__name__}",
             key="reference",
         )
     header = img.header.copy()
@@ -434,7 +431,7 @@ def _reference_geometry(reference: Any) -> _Geometry:
     )
 
 
-def _spatial_numpy(volume: Any, shape: Optional[tuple], *, what: str, where: str) -> np.ndarray:
+def _spatial_numpy(volume: Any, shape: tuple | None, *, what: str, where: str) -> np.ndarray:
     """volume -> numpy array of the spatial shape; a MetaTensor is channel-first."""
     arr = _to_numpy(volume)
     given = tuple(arr.shape)
@@ -450,7 +447,7 @@ def _spatial_numpy(volume: Any, shape: Optional[tuple], *, what: str, where: str
         target = tuple(shape)
         while arr.ndim > len(target) and arr.shape[0] == 1:
             arr = arr[0]
-        if arr.ndim < len(target) and target[arr.ndim:] == (1,) * (len(target) - arr.ndim):
+        if arr.ndim < len(target) and target[arr.ndim :] == (1,) * (len(target) - arr.ndim):
             arr = arr.reshape(target)
         if tuple(arr.shape) != target:
             raise ShapeError(
@@ -512,8 +509,8 @@ def save_nifti(
     reference: Any = None,
     affine: Any = None,
     dtype: Any = "float32",
-    description: Optional[str] = None,
-    cal_range: Optional[tuple] = None,
+    description: str | None = None,
+    cal_range: tuple | None = None,
 ) -> Path:
     """Write a 2D or 3D volume as NIfTI, atomically, on a known grid.
 
@@ -635,8 +632,13 @@ def save_heat(
     volume = _with_meta_of(heat, values)
     cal = (0.0, 1.0) if not raw else (float(values.min()), float(values.max())) if values.numel() else None
     return save_nifti(
-        volume, path, reference=reference, affine=affine, dtype="float32",
-        description=_DESCRIP_SOURCE, cal_range=cal,
+        volume,
+        path,
+        reference=reference,
+        affine=affine,
+        dtype="float32",
+        description=_DESCRIP_SOURCE,
+        cal_range=cal,
     )
 
 
@@ -665,8 +667,12 @@ def save_heat_preprocessed(heat: Any, preprocessed: Any, path: PathLike, *, raw:
     values = _heat_values(heat, raw)
     cal = (0.0, 1.0) if not raw else (float(values.min()), float(values.max())) if values.numel() else None
     return save_nifti(
-        values, path, reference=preprocessed, dtype="float32",
-        description=_DESCRIP_PREPROCESSED, cal_range=cal,
+        values,
+        path,
+        reference=preprocessed,
+        dtype="float32",
+        description=_DESCRIP_PREPROCESSED,
+        cal_range=cal,
     )
 
 

@@ -4,8 +4,9 @@ shapes of their outputs (to help choose a target layer)."""
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from torch import nn
 from volcam.errors import LayerNotFoundError, VolcamError
 from volcam.selectors import describe
 
-LayerSpec = Union[str, nn.Module]
+LayerSpec = str | nn.Module
 
 __all__ = ["LayerInfo", "find_layer", "resolve_layers", "list_layers"]
 
@@ -98,9 +99,7 @@ def list_layers(model: nn.Module, example_input: torch.Tensor, **forward_kwargs:
         with torch.no_grad():
             model(example_input, **forward_kwargs)
     except Exception as err:
-        raise VolcamError(
-            f"the model failed on an example input of shape {list(example_input.shape)}: {err}"
-        ) from err
+        raise VolcamError(f"the model failed on an example input of shape {list(example_input.shape)}: {err}") from err
     finally:
         for h in handles:
             h.remove()

@@ -64,25 +64,25 @@ STAGING = ".partial"
 
 #: columns of ``summary.csv``, one row per case and target class
 SUMMARY_COLUMNS = [
-    "case",             # case identifier (its output folder)
-    "class",            # output channel explained
+    "case",  # case identifier (its output folder)
+    "class",  # output channel explained
     "class_name",
-    "status",           # ok | skipped (complete from an earlier run) | failed
-    "error",            # why a case failed
-    "note",             # e.g. an empty target
-    "seconds",          # time spent on this class of this case (compute and writing)
+    "status",  # ok | skipped (complete from an earlier run) | failed
+    "error",  # why a case failed
+    "note",  # e.g. an empty target
+    "seconds",  # time spent on this class of this case (compute and writing)
     "image",
     "label",
-    "predicted_voxels",     # voxels predicted as the class (network grid)
+    "predicted_voxels",  # voxels predicted as the class (network grid)
     "predicted_volume_ml",  # their volume, from the voxel size of the network grid
-    "peak_x",           # hottest voxel, world coordinates in mm (RAS+, as in the NIfTI affine)
+    "peak_x",  # hottest voxel, world coordinates in mm (RAS+, as in the NIfTI affine)
     "peak_y",
     "peak_z",
-    "peak_voxel",       # its index "i j k" in the scan's own grid
+    "peak_voxel",  # its index "i j k" in the scan's own grid
     "energy_in_prediction",  # fraction of the map's sum inside the predicted region of the class
-    "energy_in_label",       # ... inside the label of the class (when a label is given)
-    "heat_nifti",       # output files, relative to the output folder
-    "pngs",             # number of slice PNGs written
+    "energy_in_label",  # ... inside the label of the class (when a label is given)
+    "heat_nifti",  # output files, relative to the output folder
+    "pngs",  # number of slice PNGs written
     "figure",
 ]
 
@@ -102,8 +102,7 @@ def _describe(err: BaseException) -> str:
     """A one-line reason for the summary table."""
     if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower():
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return (f"out of memory ({first[:200]}); set sliding_window.roi_size, a smaller sw_batch_size, "
-                "or device: cpu")
+        return f"out of memory ({first[:200]}); set sliding_window.roi_size, a smaller sw_batch_size, or device: cpu"
     text = " ".join(str(err).split())
     if len(text) > 500:
         text = text[:497] + "..."
@@ -318,8 +317,9 @@ class Runner:
             from volcam.sliding import sliding_window_cam
 
             s = self.sliding
-            res = sliding_window_cam(self.cam, x, s["roi_size"], s["sw_batch_size"], s["overlap"], s["mode"],
-                                     targets=target)
+            res = sliding_window_cam(
+                self.cam, x, s["roi_size"], s["sw_batch_size"], s["overlap"], s["mode"], targets=target
+            )
             return res.heat, res.output
         res = self.cam.explain(x, targets=target)
         return res.heat, res.output
@@ -365,12 +365,19 @@ class Runner:
                 h = heat[0, 0]
                 notes = sorted({str(w.message).split(";")[0] for w in caught if "empty" in str(w.message)})
                 if not notes and not bool(h.max() > 0):
-                    notes.append("the map is zero everywhere: no positive evidence at this layer "
-                                 "(try another layer or method)")
+                    notes.append(
+                        "the map is zero everywhere: no positive evidence at this layer (try another layer or method)"
+                    )
                 note = "; ".join(notes)
                 row = {
-                    "case": case.id, "class": c, "class_name": name, "status": "ok", "error": "", "note": note,
-                    "image": str(case.image), "label": str(case.label) if case.label else "",
+                    "case": case.id,
+                    "class": c,
+                    "class_name": name,
+                    "status": "ok",
+                    "error": "",
+                    "note": note,
+                    "image": str(case.image),
+                    "label": str(case.label) if case.label else "",
                     "predicted_voxels": int(pred.sum()),
                     "predicted_volume_ml": round(int(pred.sum()) * voxel_ml, 4),
                     "energy_in_prediction": _fraction(h, pred),
@@ -382,17 +389,26 @@ class Runner:
                 peak = torch.nonzero(hs == hs.max())[0].tolist()
                 world = _world(source.affine, peak)
                 if bool(hs.max() > hs.min()):  # a flat (all-zero) map has no peak
-                    row.update(peak_x=round(world[0], 3), peak_y=round(world[1], 3), peak_z=round(world[2], 3),
-                               peak_voxel=" ".join(str(i) for i in peak))
+                    row.update(
+                        peak_x=round(world[0], 3),
+                        peak_y=round(world[1], 3),
+                        peak_z=round(world[2], 3),
+                        peak_voxel=" ".join(str(i) for i in peak),
+                    )
                 cdir = stage / name
                 cdir.mkdir(parents=True, exist_ok=True)
                 row.update(self._export(case, source, heat_src, world, cdir, stage, files))
                 row["seconds"] = round(time.perf_counter() - start, 3)
                 rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
             record = {
-                "case": case.id, "image": str(case.image), "label": str(case.label) if case.label else None,
-                "declared": self.declared(), "files": files, "rows": rows,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.record_info,
+                "case": case.id,
+                "image": str(case.image),
+                "label": str(case.label) if case.label else None,
+                "declared": self.declared(),
+                "files": files,
+                "rows": rows,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **self.record_info,
             }
             tmp = stage / (RECORD_NAME + ".tmp")
             tmp.write_text(json.dumps(record, indent=1, default=_json_default))
@@ -413,7 +429,7 @@ class Runner:
         from volcam import io as vio
 
         o = self.outputs
-        rel = lambda p: Path(p).relative_to(stage).as_posix()  # noqa: E731
+        rel = lambda p: Path(p).relative_to(stage).as_posix()
         fields = {"heat_nifti": "", "pngs": 0, "figure": ""}
         if o["heat_nifti"]:
             path = vio.save_heat(heat_src, cdir / "heat.nii.gz", reference=source, raw=o["raw_heat"])
@@ -424,8 +440,9 @@ class Runner:
         style = dict(cmap=o["cmap"], alpha=o["alpha"], window=o["window"])
         if o["pngs"]:
             for axis in o["axes"]:
-                paths = figures.save_slice_pngs(img, heat_src, cdir / axis, affine=affine, axis=axis,
-                                                convention=o["convention"], **style)
+                paths = figures.save_slice_pngs(
+                    img, heat_src, cdir / axis, affine=affine, axis=axis, convention=o["convention"], **style
+                )
                 files.extend(rel(p) for p in paths)
                 fields["pngs"] += len(paths)
         if o["figure"]:
@@ -467,8 +484,16 @@ def _format_row(row: dict) -> str:
 
 def _failed(runner: Runner, case: Case, error: str, seconds: float) -> CaseResult:
     rows = [
-        {"case": case.id, "class": c, "class_name": runner.names[c], "status": "failed", "error": error,
-         "seconds": round(seconds, 3), "image": str(case.image), "label": str(case.label) if case.label else ""}
+        {
+            "case": case.id,
+            "class": c,
+            "class_name": runner.names[c],
+            "status": "failed",
+            "error": error,
+            "seconds": round(seconds, 3),
+            "image": str(case.image),
+            "label": str(case.label) if case.label else "",
+        }
         for c in runner.classes
     ]
     return CaseResult(case, "failed", rows, error=error, seconds=seconds)
@@ -538,10 +563,12 @@ def run_cases(
             write(f"{len(results)} of {len(cases)} case(s) already complete, skipped (--overwrite redoes them)")
     if todo:
         workers = runner.config["data.num_workers"] if num_workers is None else num_workers
-        dataset = CaseDataset([cases[i] for i in todo], runner.pre, runner.config.spatial_dims,
-                              need_label=runner.mask == "label")
-        loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=min(workers, len(todo)),
-                            collate_fn=_first)
+        dataset = CaseDataset(
+            [cases[i] for i in todo], runner.pre, runner.config.spatial_dims, need_label=runner.mask == "label"
+        )
+        loader = DataLoader(
+            dataset, batch_size=1, shuffle=False, num_workers=min(workers, len(todo)), collate_fn=_first
+        )
         try:
             for item in loader:
                 i = todo[item["index"]]
@@ -601,8 +628,9 @@ def read_summary(path: str | os.PathLike) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def merge_summaries(paths: Sequence[str | os.PathLike], path: str | os.PathLike,
-                    order: Sequence[str] | None = None) -> Path:
+def merge_summaries(
+    paths: Sequence[str | os.PathLike], path: str | os.PathLike, order: Sequence[str] | None = None
+) -> Path:
     """Merge summary CSVs (e.g. one per shard) into one, in case ``order`` if given."""
     rows = [r for p in paths for r in read_summary(p)]
     if order is not None:
@@ -614,8 +642,14 @@ def merge_summaries(paths: Sequence[str | os.PathLike], path: str | os.PathLike,
 # --------------------------------------------------------------------------- run
 
 
-def run(config: RunConfig | str | os.PathLike, *, overrides: Sequence[str] = (), output: str | None = None,
-        overwrite: bool = False, quiet: bool = False) -> int:
+def run(
+    config: RunConfig | str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    output: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> int:
     """Run a config over its dataset; return the exit status (0: every case ok, 1: some failed).
 
     Writes ``<outputs.dir>/summary.csv`` with one row per case and class. Under ``torchrun``
@@ -632,8 +666,10 @@ def run(config: RunConfig | str | os.PathLike, *, overrides: Sequence[str] = (),
     runner.out.mkdir(parents=True, exist_ok=True)
     if not quiet:
         how = f"sliding windows {runner.sliding['roi_size']}" if runner.sliding["roi_size"] else "whole volumes"
-        print(f"volcam run: {len(cases)} case(s), {config['cam.method']} on {config['cam.target_layers']}, "
-              f"classes {runner.classes}, {how}, device {runner.device}, outputs in {runner.out}")
+        print(
+            f"volcam run: {len(cases)} case(s), {config['cam.method']} on {config['cam.target_layers']}, "
+            f"classes {runner.classes}, {how}, device {runner.device}, outputs in {runner.out}"
+        )
     results = run_cases(runner, cases, quiet=quiet)
     summary = write_summary(results, runner.out / "summary.csv")
     staging = runner.out / STAGING
@@ -642,9 +678,15 @@ def run(config: RunConfig | str | os.PathLike, *, overrides: Sequence[str] = (),
     failed = [r for r in results if r.status == "failed"]
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     if not quiet:
-        print(f"volcam run: {counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-              f"summary: {summary}")
+        print(
+            f"volcam run: {counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+            f"summary: {summary}"
+        )
     if failed:
-        print(f"volcam run: {len(failed)} of {len(results)} case(s) failed: "
-              + ", ".join(r.case.id for r in failed) + f" (reasons in {summary})", file=sys.stderr)
+        print(
+            f"volcam run: {len(failed)} of {len(results)} case(s) failed: "
+            + ", ".join(r.case.id for r in failed)
+            + f" (reasons in {summary})",
+            file=sys.stderr,
+        )
     return 1 if failed else 0

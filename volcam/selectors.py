@@ -12,14 +12,14 @@ A *selector* is one of:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Union
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
 from volcam.errors import SelectorError
 
-Selector = Union[None, int, str, tuple, Callable[[Any], torch.Tensor]]
+Selector = None | int | str | tuple | Callable[[Any], torch.Tensor]
 
 __all__ = ["Selector", "select", "replace", "describe"]
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 

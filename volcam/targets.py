@@ -10,7 +10,8 @@ against the same region.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from volcam.errors import ShapeError, TargetError
 
 __all__ = ["SegmentationTarget", "ClassifierTarget", "BoundTarget", "resolve_targets", "TargetSpec"]
 
-TargetSpec = Union[None, int, Callable[[torch.Tensor], torch.Tensor], Sequence[Any]]
+TargetSpec = None | int | Callable[[torch.Tensor], torch.Tensor] | Sequence[Any]
 
 
 def _check_output(output: torch.Tensor, min_ndim: int, what: str) -> None:

@@ -28,7 +28,7 @@ MONAI gives them (``vit``, ``feat_size``, ``patch_embedding``, ``swinViT``, ...)
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

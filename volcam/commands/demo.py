@@ -13,8 +13,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", metavar="DIR", default="demo-output", help="demo folder (default: demo-output)")
     parser.add_argument("--steps", type=int, default=250, help="training steps (default: 250)")
-    parser.add_argument("--max-seconds", type=float, default=150.0,
-                        help="stop training after this many seconds, whatever the steps (default: 150)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=150.0,
+        help="stop training after this many seconds, whatever the steps (default: 150)",
+    )
     parser.add_argument("--train-cases", type=int, default=16, help="training cases (default: 16)")
     parser.add_argument("--test-cases", type=int, default=4, help="held-out cases explained (default: 4)")
     parser.add_argument("--seed", type=int, default=0)
@@ -28,6 +32,13 @@ def main(args: argparse.Namespace) -> int:
     for name in ("steps", "train_cases", "test_cases"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}", key=name)
-    result = run_demo(args.output, steps=args.steps, max_seconds=args.max_seconds, n_train=args.train_cases,
-                      n_test=args.test_cases, seed=args.seed, quiet=args.quiet)
+    result = run_demo(
+        args.output,
+        steps=args.steps,
+        max_seconds=args.max_seconds,
+        n_train=args.train_cases,
+        n_test=args.test_cases,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
     return int(result["exit_status"])

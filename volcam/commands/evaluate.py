@@ -44,33 +44,60 @@ SANITY_KINDS = ("cascading", "independent", "label")
 
 def configure(parser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="run configuration (.yaml or .json), as for `volcam run`")
-    parser.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a config value, e.g. cam.method=hirescam (repeatable)")
+    parser.add_argument(
+        "--override",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a config value, e.g. cam.method=hirescam (repeatable)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: <outputs.dir>/evaluation)")
     parser.add_argument("--cases", type=int, default=None, metavar="N", help="evaluate only the first N cases")
-    parser.add_argument("--against", choices=("auto", "label", "prediction"), default="auto",
-                        help="reference mask for localisation: the case's label, the predicted region, or "
-                             "auto (the label where the case has one; default)")
-    parser.add_argument("--level", type=float, default=None,
-                        help="threshold the map at this level for IoU/Dice (default: its hottest voxels "
-                             "at the mask's own volume)")
+    parser.add_argument(
+        "--against",
+        choices=("auto", "label", "prediction"),
+        default="auto",
+        help="reference mask for localisation: the case's label, the predicted region, or "
+        "auto (the label where the case has one; default)",
+    )
+    parser.add_argument(
+        "--level",
+        type=float,
+        default=None,
+        help="threshold the map at this level for IoU/Dice (default: its hottest voxels at the mask's own volume)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
-    parser.add_argument("--baseline", default="blur",
-                        help="what removed voxels become: blur, min, mean or a number (default blur)")
+    parser.add_argument(
+        "--baseline", default="blur", help="what removed voxels become: blur, min, mean or a number (default blur)"
+    )
     parser.add_argument("--sigma", type=float, default=5.0, help="blur baseline width in voxels (default 5)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass for the curves (default 8)")
-    parser.add_argument("--sanity", nargs="+", default=["cascading", "label"],
-                        choices=(*SANITY_KINDS, "none"), metavar="CHECK",
-                        help="sanity checks to run: cascading, independent, label, or none "
-                             "(default: cascading label)")
-    parser.add_argument("--sanity-cases", type=int, default=1, metavar="N",
-                        help="run the sanity checks on the first N cases (default 1; each check "
-                             "computes one map per layer)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="flag a randomised map whose Spearman correlation with the original is at "
-                             "least this (default 0.5)")
+    parser.add_argument(
+        "--sanity",
+        nargs="+",
+        default=["cascading", "label"],
+        choices=(*SANITY_KINDS, "none"),
+        metavar="CHECK",
+        help="sanity checks to run: cascading, independent, label, or none (default: cascading label)",
+    )
+    parser.add_argument(
+        "--sanity-cases",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the sanity checks on the first N cases (default 1; each check computes one map per layer)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="flag a randomised map whose Spearman correlation with the original is at least this (default 0.5)",
+    )
     parser.add_argument("--no-random", action="store_true", help="skip the random-map reference")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random map, tie-breaking and re-initialisation")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random map, tie-breaking and re-initialisation"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 
 
@@ -166,8 +193,9 @@ def _target(category: int, mask_mode: str, activation: str, label):
     if mask_mode == "whole":
         return volcam.SegmentationTarget(category, mask="all", activation=activation)
     if mask_mode == "label":
-        return volcam.SegmentationTarget(category, mask=label_region(label, category)[None].float(),
-                                         activation=activation)
+        return volcam.SegmentationTarget(
+            category, mask=label_region(label, category)[None].float(), activation=activation
+        )
     return volcam.SegmentationTarget(category, activation=activation)
 
 
@@ -177,7 +205,6 @@ def _target(category: int, mask_mode: str, activation: str, label):
 def main(args) -> int:
     import torch
 
-    import volcam
     from volcam.config import load_config
     from volcam.errors import TargetError, VolcamError
     from volcam.metrics import component_localisation, faithfulness, localisation
@@ -203,8 +230,10 @@ def main(args) -> int:
     sanity_kinds = [] if "none" in args.sanity else list(dict.fromkeys(args.sanity))
     if config["sliding_window.roi_size"] is not None:
         warnings.warn("volcam evaluate explains whole cases; sliding_window is not used", stacklevel=2)
-    log(f"volcam evaluate: {len(cases)} case(s), classes {classes}, {method} at {config['cam.target_layers']}, "
-        f"device {device}")
+    log(
+        f"volcam evaluate: {len(cases)} case(s), classes {classes}, {method} at {config['cam.target_layers']}, "
+        f"device {device}"
+    )
 
     metric_rows: list[dict] = []
     component_rows: list[dict] = []
@@ -248,8 +277,12 @@ def main(args) -> int:
                     maps["random"] = torch.rand(result.heat.shape, generator=gen).to(device)
                 for map_name, heat in maps.items():
                     row = {
-                        "case": case.id, "class": category, "class_name": names[category], "map": map_name,
-                        "reference": reference_kind, "reference_volume": volume,
+                        "case": case.id,
+                        "class": category,
+                        "class_name": names[category],
+                        "map": map_name,
+                        "reference": reference_kind,
+                        "reference_volume": volume,
                         "score": _num(result.scores[0]),
                     }
                     if volume > 0:
@@ -257,29 +290,52 @@ def main(args) -> int:
                         row.update({k: _num(v[0]) for k, v in loc.items()})
                         comps = component_localisation(heat, reference, level=args.level)
                         for j in range(comps["batch"].numel()):
-                            component_rows.append({
-                                "case": case.id, "class": category, "class_name": names[category], "map": map_name,
-                                **{k: (int(v[j]) if k in ("component", "volume") else _num(v[j]))
-                                   for k, v in comps.items() if k != "batch"},
-                            })
+                            component_rows.append(
+                                {
+                                    "case": case.id,
+                                    "class": category,
+                                    "class_name": names[category],
+                                    "map": map_name,
+                                    **{
+                                        k: (int(v[j]) if k in ("component", "volume") else _num(v[j]))
+                                        for k, v in comps.items()
+                                        if k != "batch"
+                                    },
+                                }
+                            )
                         row["components"] = int(comps["batch"].numel())
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)  # a weak baseline shows in baseline_kept
                         curves = faithfulness(
-                            model, x, heat, target, steps=args.steps, baseline=args.baseline, sigma=args.sigma,
-                            batch_size=args.batch_size, model_output=cam.model_output,
+                            model,
+                            x,
+                            heat,
+                            target,
+                            steps=args.steps,
+                            baseline=args.baseline,
+                            sigma=args.sigma,
+                            batch_size=args.batch_size,
+                            model_output=cam.model_output,
                             generator=torch.Generator().manual_seed(args.seed),
                         )
                     row["baseline_kept"] = _num(curves["deletion"].baseline_score[0] / curves["deletion"].reference[0])
                     for kind, curve in curves.items():
                         row[f"{kind}_auc"] = _num(curve.auc[0])
                         pooled.setdefault(category, {}).setdefault(map_name, {}).setdefault(kind, []).append(curve)
-                        curves_json.append({
-                            "case": case.id, "class": category, "map": map_name, "kind": kind,
-                            "fractions": curve.fractions.tolist(), "scores": curve.scores[0].tolist(),
-                            "image_score": _num(curve.reference[0]), "baseline_score": _num(curve.baseline_score[0]),
-                            "relative": curve.relative[0].tolist(), "auc": _num(curve.auc[0]),
-                        })
+                        curves_json.append(
+                            {
+                                "case": case.id,
+                                "class": category,
+                                "map": map_name,
+                                "kind": kind,
+                                "fractions": curve.fractions.tolist(),
+                                "scores": curve.scores[0].tolist(),
+                                "image_score": _num(curve.reference[0]),
+                                "baseline_score": _num(curve.baseline_score[0]),
+                                "relative": curve.relative[0].tolist(),
+                                "auc": _num(curve.auc[0]),
+                            }
+                        )
                     metric_rows.append(row)
                 if index < args.sanity_cases and sanity_kinds:
                     results = {}
@@ -294,23 +350,35 @@ def main(args) -> int:
                                 )
                     for kind, res in results.items():
                         for step, name in enumerate(res.steps):
-                            sanity_rows.append({
-                                "case": case.id, "class": category, "class_name": names[category], "check": kind,
-                                "step": step + 1, "randomised": name,
-                                "spearman": _num(res.spearman[step, 0]), "ssim": _num(res.ssim[step, 0]),
-                                "flagged": bool(res.flagged[step, 0]),
-                                "unchanged": bool(res.unchanged[0]) if step == len(res.steps) - 1 else "",
-                            })
+                            sanity_rows.append(
+                                {
+                                    "case": case.id,
+                                    "class": category,
+                                    "class_name": names[category],
+                                    "check": kind,
+                                    "step": step + 1,
+                                    "randomised": name,
+                                    "spearman": _num(res.spearman[step, 0]),
+                                    "ssim": _num(res.ssim[step, 0]),
+                                    "flagged": bool(res.flagged[step, 0]),
+                                    "unchanged": bool(res.unchanged[0]) if step == len(res.steps) - 1 else "",
+                                }
+                            )
                     sanity_plots.append((case.id, category, results))
             except Exception as err:  # one case and class fails alone; the others are still written
                 failures += 1
                 what = "" if isinstance(err, VolcamError) else f"{type(err).__name__}: "
                 print(f"volcam evaluate: case {case.id}, class {category}: {what}{err}", file=sys.stderr)
         done = [r for r in metric_rows if r["case"] == case.id and r["map"] == method]
-        log(f"  {case.id}: " + "; ".join(
-            f"{r['class_name']} energy {r.get('energy', float('nan')):.2f} dice {r.get('dice', float('nan')):.2f} "
-            f"deletion {r['deletion_auc']:.2f} insertion {r['insertion_auc']:.2f}" for r in done
-        ) + f"  ({time.perf_counter() - t0:.1f} s)")
+        log(
+            f"  {case.id}: "
+            + "; ".join(
+                f"{r['class_name']} energy {r.get('energy', float('nan')):.2f} dice {r.get('dice', float('nan')):.2f} "
+                f"deletion {r['deletion_auc']:.2f} insertion {r['insertion_auc']:.2f}"
+                for r in done
+            )
+            + f"  ({time.perf_counter() - t0:.1f} s)"
+        )
 
     summary = _summarise(metric_rows, sanity_rows, classes, names)
     _write_outputs(out, args, config, metric_rows, component_rows, sanity_rows, curves_json, summary)
@@ -318,11 +386,15 @@ def main(args) -> int:
     log(_table(summary))
     kept = _mean(r.get("baseline_kept") for r in metric_rows)
     if kept > 0.5:
-        log(f"volcam evaluate: note: the baseline image keeps {kept:.0%} of the score on average (baseline_kept "
+        log(
+            f"volcam evaluate: note: the baseline image keeps {kept:.0%} of the score on average (baseline_kept "
             "in metrics.csv), so it removes little evidence and the curves are stretched; try --baseline min or "
-            "a larger --sigma")
-    log(f"volcam evaluate: wrote {out}/metrics.csv, summary.json and plots/ in "
-        f"{time.perf_counter() - started:.0f} s" + (f"; {failures} failure(s)" if failures else ""))
+            "a larger --sigma"
+        )
+    log(
+        f"volcam evaluate: wrote {out}/metrics.csv, summary.json and plots/ in "
+        f"{time.perf_counter() - started:.0f} s" + (f"; {failures} failure(s)" if failures else "")
+    )
     return 1 if failures else 0
 
 
@@ -358,22 +430,51 @@ def _summarise(metric_rows, sanity_rows, classes, names) -> dict:
 
 
 def _write_outputs(out, args, config, metric_rows, component_rows, sanity_rows, curves_json, summary) -> None:
-    _write_csv(out / "metrics.csv", metric_rows,
-               ["case", "class", "class_name", "map", "reference", "reference_volume", "score", *METRICS,
-                "baseline_kept", "components"])
-    _write_csv(out / "components.csv", component_rows,
-               ["case", "class", "class_name", "map", "component", "volume", "energy", "peak", "hit", "iou", "dice"])
-    _write_csv(out / "sanity.csv", sanity_rows,
-               ["case", "class", "class_name", "check", "step", "randomised", "spearman", "ssim", "flagged",
-                "unchanged"])
+    _write_csv(
+        out / "metrics.csv",
+        metric_rows,
+        [
+            "case",
+            "class",
+            "class_name",
+            "map",
+            "reference",
+            "reference_volume",
+            "score",
+            *METRICS,
+            "baseline_kept",
+            "components",
+        ],
+    )
+    _write_csv(
+        out / "components.csv",
+        component_rows,
+        ["case", "class", "class_name", "map", "component", "volume", "energy", "peak", "hit", "iou", "dice"],
+    )
+    _write_csv(
+        out / "sanity.csv",
+        sanity_rows,
+        ["case", "class", "class_name", "check", "step", "randomised", "spearman", "ssim", "flagged", "unchanged"],
+    )
     _write_atomic(out / "curves.json", json.dumps(_json_safe(curves_json)) + "\n")
     settings = {
-        "config": str(args.config), "overrides": list(args.override), "method": config["cam.method"],
-        "target_layers": config["cam.target_layers"], "against": args.against, "level": args.level,
-        "steps": args.steps, "baseline": args.baseline, "sigma": args.sigma, "sanity": args.sanity,
-        "sanity_cases": args.sanity_cases, "threshold": args.threshold, "seed": args.seed,
+        "config": str(args.config),
+        "overrides": list(args.override),
+        "method": config["cam.method"],
+        "target_layers": config["cam.target_layers"],
+        "against": args.against,
+        "level": args.level,
+        "steps": args.steps,
+        "baseline": args.baseline,
+        "sigma": args.sigma,
+        "sanity": args.sanity,
+        "sanity_cases": args.sanity_cases,
+        "threshold": args.threshold,
+        "seed": args.seed,
     }
-    _write_atomic(out / "summary.json", json.dumps(_json_safe({"settings": settings, "classes": summary}), indent=2) + "\n")
+    _write_atomic(
+        out / "summary.json", json.dumps(_json_safe({"settings": settings, "classes": summary}), indent=2) + "\n"
+    )
 
 
 def _plot(out, pooled, sanity_plots, names, method) -> None:
@@ -388,9 +489,12 @@ def _plot(out, pooled, sanity_plots, names, method) -> None:
             merged[map_name] = {}
             for kind, curves in by_kind.items():
                 merged[map_name][kind] = Curve(
-                    kind, curves[0].fractions,
-                    torch.cat([cv.scores for cv in curves]), torch.cat([cv.reference for cv in curves]),
-                    torch.cat([cv.baseline_score for cv in curves]), torch.cat([cv.relative for cv in curves]),
+                    kind,
+                    curves[0].fractions,
+                    torch.cat([cv.scores for cv in curves]),
+                    torch.cat([cv.reference for cv in curves]),
+                    torch.cat([cv.baseline_score for cv in curves]),
+                    torch.cat([cv.relative for cv in curves]),
                     torch.cat([cv.auc for cv in curves]),
                 )
         n = next(iter(merged.values()))["deletion"].auc.numel()
@@ -413,6 +517,7 @@ def _table(summary: dict) -> str:
             else:
                 said = f"highest Spearman over the steps {s['max_spearman']:.3f}"
             lines.append(
-                f"{cname:<12}{check + ' randomisation':<24} {said}; unchanged in {s['unchanged']} of {s['cases']} case(s)"
+                f"{cname:<12}{check + ' randomisation':<24} {said}; "
+                f"unchanged in {s['unchanged']} of {s['cases']} case(s)"
             )
     return "\n".join(lines)

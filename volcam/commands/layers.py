@@ -7,13 +7,25 @@ import argparse
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="run configuration (.yaml or .json)")
-    parser.add_argument("--override", "-o", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
-                        help="set a config value (dotted key, YAML value); may be repeated")
-    parser.add_argument("--input-size", metavar="N", type=int, nargs="+",
-                        help="spatial size of the dummy input (default: input_size, else "
-                             "sliding_window.roi_size, else 64 per axis)")
-    parser.add_argument("--depth", type=int, default=None,
-                        help="only list modules whose dotted name has at most this many parts")
+    parser.add_argument(
+        "--override",
+        "-o",
+        metavar="KEY=VALUE",
+        action="extend",
+        nargs="+",
+        default=[],
+        help="set a config value (dotted key, YAML value); may be repeated",
+    )
+    parser.add_argument(
+        "--input-size",
+        metavar="N",
+        type=int,
+        nargs="+",
+        help="spatial size of the dummy input (default: input_size, else sliding_window.roi_size, else 64 per axis)",
+    )
+    parser.add_argument(
+        "--depth", type=int, default=None, help="only list modules whose dotted name has at most this many parts"
+    )
 
 
 def example_input(config, size=None):
@@ -27,8 +39,9 @@ def example_input(config, size=None):
     if len(size) == 1:
         size = list(size) * dims
     if len(size) != dims:
-        raise ConfigError(f"--input-size must have {dims} entries (one per spatial axis), not {list(size)}",
-                          key="input_size")
+        raise ConfigError(
+            f"--input-size must have {dims} entries (one per spatial axis), not {list(size)}", key="input_size"
+        )
     net = config.parser.get("network_def") or {}
     channels = net.get("in_channels", 1) if isinstance(net, dict) else 1
     channels = channels if isinstance(channels, int) else int(config.parsed("network_def.in_channels"))
@@ -44,12 +57,13 @@ def main(args: argparse.Namespace) -> int:
     x = example_input(config, args.input_size)
     layers = list_layers(model, x)
     if args.depth is not None:
-        layers = [l for l in layers if l.name == "(model)" or l.name.count(".") < args.depth]
-    width = max(len(l.name) for l in layers)
-    type_width = max(len(l.type_name) for l in layers)
-    print(f"{type(model).__name__} on an input of shape {list(x.shape)}; "
-          f"target layers are set with cam.target_layers")
+        layers = [layer for layer in layers if layer.name == "(model)" or layer.name.count(".") < args.depth]
+    width = max(len(layer.name) for layer in layers)
+    type_width = max(len(layer.type_name) for layer in layers)
+    print(f"{type(model).__name__} on an input of shape {list(x.shape)}; target layers are set with cam.target_layers")
     print(f"{'name':<{width}}  {'type':<{type_width}}  {'params':>9}  output")
-    for l in layers:
-        print(f"{l.name:<{width}}  {l.type_name:<{type_width}}  {l.num_parameters:>9}  {l.output_shape}")
+    for layer in layers:
+        print(
+            f"{layer.name:<{width}}  {layer.type_name:<{type_width}}  {layer.num_parameters:>9}  {layer.output_shape}"
+        )
     return 0

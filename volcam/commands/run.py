@@ -20,8 +20,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("config", metavar="CONFIG", help="run configuration (.yaml or .json)")
-    parser.add_argument("--override", "-o", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
-                        help="set a config value (dotted key, YAML value); may be repeated")
+    parser.add_argument(
+        "--override",
+        "-o",
+        metavar="KEY=VALUE",
+        action="extend",
+        nargs="+",
+        default=[],
+        help="set a config value (dotted key, YAML value); may be repeated",
+    )
     parser.add_argument("--output", metavar="DIR", help="output folder (overrides outputs.dir)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-case lines")
@@ -30,5 +37,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from volcam.pipeline import run
 
-    return run(args.config, overrides=args.override, output=args.output, overwrite=args.overwrite,
-               quiet=args.quiet)
+    return run(args.config, overrides=args.override, output=args.output, overwrite=args.overwrite, quiet=args.quiet)

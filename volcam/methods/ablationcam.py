@@ -33,8 +33,8 @@ sum); the other channels get weight 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -99,7 +99,7 @@ class AblationCAM(BaseCAM):
         return self.reduce_channels(w * activations, ctx)
 
     @contextmanager
-    def _zeroing(self, module: nn.Module, plan: "_Ablation") -> Iterator[None]:
+    def _zeroing(self, module: nn.Module, plan: _Ablation) -> Iterator[None]:
         """A forward hook on the target layer that zeroes channel ``plan.channels[i]`` of row i."""
         selector, reshape = self.layer_output, self.reshape
 

@@ -12,8 +12,9 @@ runs over ``range(2, A.ndim)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -232,9 +233,12 @@ class BaseCAM:
     def _explain(self, x: torch.Tensor, targets: TargetSpec, eigen_smooth: bool) -> CAMResult:
         """One un-augmented computation (what :meth:`explain` runs)."""
         grad_mode = torch.enable_grad() if self.needs_gradients else torch.no_grad()
-        with capture(
-            self.model, self.layers, layer_output=self.layer_output, track_gradients=self.needs_gradients
-        ) as state, grad_mode:
+        with (
+            capture(
+                self.model, self.layers, layer_output=self.layer_output, track_gradients=self.needs_gradients
+            ) as state,
+            grad_mode,
+        ):
             output = self._forward(x)
             missing = [n for n, _ in self.layers if n not in state.activations]
             if missing:

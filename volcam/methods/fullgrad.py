@@ -33,8 +33,8 @@ output; the whole network is in the graph (FullGrad needs the input gradient).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -172,18 +172,18 @@ class FullGrad(BaseCAM):
     def _explain(self, x: torch.Tensor, targets: TargetSpec, eigen_smooth: bool) -> CAMResult:
         xin = x.detach().requires_grad_(True)
         biases: dict = {}
-        with capture(self.model, self.layers, track_gradients=True) as state, self._bias_hooks(
-            biases
-        ), torch.enable_grad():
+        with (
+            capture(self.model, self.layers, track_gradients=True) as state,
+            self._bias_hooks(biases),
+            torch.enable_grad(),
+        ):
             output = self._forward(xin)
             scorer = resolve_targets(targets, output)
             scores = scorer(output)
             if not scores.requires_grad:
                 raise LayerNotReachedError("the target score does not depend on the input; check `model_output`")
             names = [n for n, _ in self.layers if n in state.activations and state.activations[n].ndim == x.ndim]
-            grads = torch.autograd.grad(
-                scores.sum(), [xin] + [state.activations[n] for n in names], allow_unused=True
-            )
+            grads = torch.autograd.grad(scores.sum(), [xin] + [state.activations[n] for n in names], allow_unused=True)
             state.active = False
         with torch.no_grad():
             maps, layer_names = [], []

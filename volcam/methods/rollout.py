@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -109,8 +109,12 @@ class AttentionRollout(BaseCAM):
                 "use it with ViT encoders (ViT, UNETR), or use a CAM method on a layer"
             )
         super().__init__(
-            model, [b.drop_weights for b in blocks], model_output=model_output, normalize=normalize,
-            upsample=upsample, aug_smooth=aug_smooth,
+            model,
+            [b.drop_weights for b in blocks],
+            model_output=model_output,
+            normalize=normalize,
+            upsample=upsample,
+            aug_smooth=aug_smooth,
         )
         self.blocks = blocks
         self.head_fusion = head_fusion
@@ -194,9 +198,11 @@ class AttentionRollout(BaseCAM):
         if eigen_smooth:
             warnings.warn("attention rollout has no weighted channels; `eigen_smooth` is ignored", stacklevel=3)
         grad_mode = torch.enable_grad() if self.gradients else torch.no_grad()
-        with self._attention_materialised(), capture(
-            self.model, self.layers, track_gradients=self.gradients
-        ) as state, grad_mode:
+        with (
+            self._attention_materialised(),
+            capture(self.model, self.layers, track_gradients=self.gradients) as state,
+            grad_mode,
+        ):
             output = self._forward(x)
             missing = [n for n, _ in self.layers if n not in state.activations]
             if missing:

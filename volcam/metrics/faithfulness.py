@@ -33,8 +33,8 @@ background of most scans) or mean, any constant, or a tensor.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -43,7 +43,16 @@ from volcam.metrics._common import check_map, spatial_dims
 from volcam.selectors import select
 from volcam.targets import TargetSpec, resolve_targets
 
-__all__ = ["Curve", "blur", "make_baseline", "voxel_order", "deletion_curve", "insertion_curve", "faithfulness", "trapezoid_auc"]
+__all__ = [
+    "Curve",
+    "blur",
+    "make_baseline",
+    "voxel_order",
+    "deletion_curve",
+    "insertion_curve",
+    "faithfulness",
+    "trapezoid_auc",
+]
 
 
 @dataclass
@@ -173,10 +182,16 @@ def _mode_sensitive(model: torch.nn.Module) -> bool:
 
 def _check_inputs(x, heat, steps, batch_size):
     check_map(heat)
-    if not isinstance(x, torch.Tensor) or x.ndim != heat.ndim or x.shape[0] != heat.shape[0] or x.shape[2:] != heat.shape[2:]:
+    if (
+        not isinstance(x, torch.Tensor)
+        or x.ndim != heat.ndim
+        or x.shape[0] != heat.shape[0]
+        or x.shape[2:] != heat.shape[2:]
+    ):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ShapeError(
-            f"`x` must have shape [B, C, *S] with the batch and spatial size of `heat` {tuple(heat.shape)}, not {shape}",
+            f"`x` must have shape [B, C, *S] with the batch and spatial size of `heat` {tuple(heat.shape)}, "
+            f"not {shape}",
             expected=f"[{heat.shape[0]}, C, {', '.join(map(str, heat.shape[2:]))}]",
             actual_shape=shape if isinstance(shape, tuple) else None,
         )
@@ -287,8 +302,17 @@ def deletion_curve(
         :class:`Curve` (low ``auc`` = faithful).
     """
     return _run_curves(
-        model, x, heat, target, ("deletion",), steps=steps, baseline=baseline, sigma=sigma,
-        batch_size=batch_size, model_output=model_output, generator=generator,
+        model,
+        x,
+        heat,
+        target,
+        ("deletion",),
+        steps=steps,
+        baseline=baseline,
+        sigma=sigma,
+        batch_size=batch_size,
+        model_output=model_output,
+        generator=generator,
     )["deletion"]
 
 
@@ -310,8 +334,17 @@ def insertion_curve(
     Arguments as for :func:`deletion_curve`. Returns a :class:`Curve` (high ``auc`` = faithful).
     """
     return _run_curves(
-        model, x, heat, target, ("insertion",), steps=steps, baseline=baseline, sigma=sigma,
-        batch_size=batch_size, model_output=model_output, generator=generator,
+        model,
+        x,
+        heat,
+        target,
+        ("insertion",),
+        steps=steps,
+        baseline=baseline,
+        sigma=sigma,
+        batch_size=batch_size,
+        model_output=model_output,
+        generator=generator,
     )["insertion"]
 
 
@@ -333,6 +366,15 @@ def faithfulness(
     Arguments as for :func:`deletion_curve`.
     """
     return _run_curves(
-        model, x, heat, target, ("deletion", "insertion"), steps=steps, baseline=baseline, sigma=sigma,
-        batch_size=batch_size, model_output=model_output, generator=generator,
+        model,
+        x,
+        heat,
+        target,
+        ("deletion", "insertion"),
+        steps=steps,
+        baseline=baseline,
+        sigma=sigma,
+        batch_size=batch_size,
+        model_output=model_output,
+        generator=generator,
     )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -120,16 +120,24 @@ def plot_sanity(results: Mapping, *, title: str | None = None):
         for ax, name, values in ((row[0], "Spearman", result.spearman), (row[1], "SSIM", result.ssim)):
             mean, lo, hi = _mean_band(values.T)
             style = "none" if result.kind == "label" else "-"  # classes are not an ordered axis
-            (line,) = ax.plot(x, mean, marker="o", linestyle=style,
-                              label=f"mean of {batch} maps" if batch > 1 else "map")
+            (line,) = ax.plot(
+                x, mean, marker="o", linestyle=style, label=f"mean of {batch} maps" if batch > 1 else "map"
+            )
             if values.shape[1] > 1:
                 ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0, label="interquartile range")
             if name == "Spearman":
-                ax.axhline(result.threshold, color="crimson", linestyle="--", linewidth=1,
-                           label=f"unchanged if >= {result.threshold:g}")
+                ax.axhline(
+                    result.threshold,
+                    color="crimson",
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"unchanged if >= {result.threshold:g}",
+                )
             ax.set_ylim(-1.05, 1.05)
             ax.set_xticks(x)
-            ax.set_xticklabels([f"{i + 1}. {_short(s)}" for i, s in enumerate(result.steps)], rotation=60, ha="right", fontsize="small")
+            ax.set_xticklabels(
+                [f"{i + 1}. {_short(s)}" for i, s in enumerate(result.steps)], rotation=60, ha="right", fontsize="small"
+            )
             ax.set_ylabel(f"{name} with original map")
             ax.set_xlabel(_SANITY_AXES.get(result.kind, "step"), fontsize="small")
             ax.set_title(f"{label}: {name}")

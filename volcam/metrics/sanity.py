@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -308,7 +308,11 @@ def label_randomisation(
         others = torch.stack([torch.tensor([c for c in range(n_classes) if c != int(o)]) for o in own.cpu()], dim=1)
         others = others.to(own.device)  # [K-1, B]
         uniform = bool((own == own[0]).all())
-        names = [f"class {int(c)}" for c in others[:, 0]] if uniform else [f"other class {j + 1}" for j in range(len(others))]
+        names = (
+            [f"class {int(c)}" for c in others[:, 0]]
+            if uniform
+            else [f"other class {j + 1}" for j in range(len(others))]
+        )
     else:
         bad = [c for c in categories if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n_classes]
         if bad or not categories:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import PurePath
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -13,7 +14,21 @@ from volcam.targets import SegmentationTarget
 
 __all__ = ["split_cases", "case_name", "label_targets", "plain"]
 
-_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".png", ".jpg", ".tif", ".tiff", ".npy", ".npz")
+_EXTENSIONS = (
+    ".nii.gz",
+    ".nii",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+    ".nhdr",
+    ".dcm",
+    ".png",
+    ".jpg",
+    ".tif",
+    ".tiff",
+    ".npy",
+    ".npz",
+)
 
 
 def plain(t: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ training mode draws dropout masks) and the modules' train/eval flags.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch

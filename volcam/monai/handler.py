@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
-
 from monai.utils import CommonKeys, IgniteInfo, min_version, optional_import
+from torch import nn
 
 from volcam.errors import ConfigError, VolcamError
 from volcam.layers import LayerSpec
@@ -224,7 +224,9 @@ class CAMHandler:
             if not callable(value):
                 raise ConfigError(f"`{arg}` must be a callable, not {value!r}", key=arg)
         if network is not None and not isinstance(network, nn.Module):
-            raise ConfigError(f"`network` must be a torch.nn.Module or None, not {type(network).__name__}", key="network")
+            raise ConfigError(
+                f"`network` must be a torch.nn.Module or None, not {type(network).__name__}", key="network"
+            )
         self.target_layers = target_layers
         self.targets = targets
         self.output_dir = Path(output_dir)
@@ -379,12 +381,19 @@ class CAMHandler:
             axis = "axial" if volume.ndim == 3 else None
             if "png" in self.exports:
                 written["png"] = figures.save_slice_pngs(
-                    volume, heat_volume, case_dir / "slices", affine=affine, mask=mask,
+                    volume,
+                    heat_volume,
+                    case_dir / "slices",
+                    affine=affine,
+                    mask=mask,
                     **{"axis": axis, **self.png_args},
                 )
             if "figure" in self.exports:
                 fig = figures.mosaic(
-                    volume, heat_volume, affine=affine, mask=mask,
+                    volume,
+                    heat_volume,
+                    affine=affine,
+                    mask=mask,
                     **{"axis": axis, "select": "hottest", "title": f"{name}, epoch {epoch}", **self.figure_args},
                 )
                 written["figure"] = figures.save_figure(fig, case_dir / "figure.png")

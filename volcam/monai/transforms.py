@@ -17,11 +17,11 @@ it back to the source grid like any other output.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from copy import deepcopy
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import torch
-
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
