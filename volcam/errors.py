@@ -1,10 +1,25 @@
-"""Exception tree. Every error volcam raises on bad input derives from :class:`VolcamError`
-and from the matching built-in, so ``except ValueError`` keeps working for callers."""
+"""Exception and warning tree.
+
+Every error volcam raises derives from :class:`VolcamError` and from the matching built-in,
+so ``except ValueError`` keeps working for callers:
+
+- :class:`ArgumentError` (``ValueError``): a bad argument of a function or method;
+- :class:`ConfigError` (``ValueError``): a bad value in a run configuration, naming its key;
+- :class:`ShapeError`, :class:`TargetError`, :class:`ValueRangeError` (``ValueError``),
+  :class:`SelectorError` (``TypeError``), :class:`LayerNotFoundError` (``LookupError``),
+  :class:`LayerNotReachedError` (``RuntimeError``), :class:`ImageReadError` (``OSError``),
+  :class:`DistributedError` (``RuntimeError``).
+
+Warnings derive from :class:`VolcamWarning` so that callers can filter them by category
+(``warnings.filterwarnings("ignore", category=volcam.EmptyTargetWarning)``) rather than by
+matching message text.
+"""
 
 from __future__ import annotations
 
 __all__ = [
     "VolcamError",
+    "ArgumentError",
     "ShapeError",
     "LayerNotFoundError",
     "SelectorError",
@@ -15,11 +30,28 @@ __all__ = [
     "MethodNotFoundError",
     "ValueRangeError",
     "DistributedError",
+    "VolcamWarning",
+    "EmptyTargetWarning",
+    "EmptyMapWarning",
+    "TrainingModeWarning",
+    "LayerCallWarning",
 ]
 
 
 class VolcamError(Exception):
     """Base class of every volcam error."""
+
+
+class ArgumentError(VolcamError, ValueError):
+    """An argument of a function or method has a wrong value or type.
+
+    Attributes:
+        name: the argument's name, when one is given.
+    """
+
+    def __init__(self, message: str, *, name: str | None = None):
+        super().__init__(message)
+        self.name = name
 
 
 class ShapeError(VolcamError, ValueError):
@@ -102,3 +134,26 @@ class ValueRangeError(VolcamError, ValueError):
 class DistributedError(VolcamError, RuntimeError):
     """A run over several processes cannot start or go on: the launcher's environment is
     incomplete, a process has no device of its own, or a process stopped responding."""
+
+
+class VolcamWarning(UserWarning):
+    """Base class of every warning volcam gives."""
+
+
+class EmptyTargetWarning(VolcamWarning, RuntimeWarning):
+    """A sample's target region is empty (the network predicts no voxel of the class, or a
+    given mask selects none): its map is all zero."""
+
+
+class EmptyMapWarning(VolcamWarning, RuntimeWarning):
+    """A map is zero everywhere although its target region is not empty (no positive
+    evidence at the layer); the message says why and what to try."""
+
+
+class TrainingModeWarning(VolcamWarning):
+    """The model is in training mode: dropout and batch statistics make maps change from
+    call to call."""
+
+
+class LayerCallWarning(VolcamWarning):
+    """A target layer ran more than once in one forward pass (weight sharing, recurrence)."""

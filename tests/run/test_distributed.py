@@ -21,7 +21,7 @@ from volcam import distributed, pipeline
 from volcam.config import load_config
 from volcam.errors import DistributedError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = {"pngs": True, "axes": ["axial"], "figure": False}
 TORCHRUN_ENV = {"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 

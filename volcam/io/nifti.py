@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import os
 import secrets
-import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,7 +39,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from volcam.arrays import is_meta_tensor, spatial_array, to_numpy
 from volcam.errors import ConfigError, ImageReadError, ShapeError, ValueRangeError
+from volcam.geometry import as_affine, same_grid
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -59,16 +60,9 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 _DESCRIP_SOURCE = "volcam heat, source grid"
 _DESCRIP_PREPROCESSED = "volcam heat, preprocessed grid"
-_AFFINE_ATOL = 1e-3  # mm; affines that differ by less describe the same grid
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _is_meta_tensor(x: Any) -> bool:
-    """True for a MONAI MetaTensor, without importing MONAI when it is not loaded."""
-    mod = sys.modules.get("monai.data.meta_tensor")
-    return mod is not None and isinstance(x, mod.MetaTensor)
 
 
 def _nifti_suffix(path: Path) -> str | None:
@@ -77,39 +71,6 @@ def _nifti_suffix(path: Path) -> str | None:
         if name.endswith(suffix) and len(name) > len(suffix):
             return suffix
     return None
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """A numpy view or copy of an array, tensor or MetaTensor (on the CPU)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if _is_meta_tensor(x):
-            x = x.as_tensor()
-        return x.cpu().numpy()
-    return np.asarray(x)
-
-
-def _affine_numpy(affine: Any, name: str = "affine") -> np.ndarray:
-    """A 4x4 float64 affine from a 3x3 (2D) or 4x4 array or tensor."""
-    a = _to_numpy(affine).astype(np.float64)
-    if a.shape == (3, 3):  # a 2D affine: embed it, the third axis keeps a 1 mm spacing
-        full = np.eye(4)
-        full[:2, :2] = a[:2, :2]
-        full[:2, 3] = a[:2, 2]
-        a = full
-    if a.shape != (4, 4):
-        raise ShapeError(
-            f"`{name}` must be a 4x4 (or 3x3 for 2D) matrix, not shape {tuple(a.shape)}",
-            expected="(4, 4)",
-            actual_shape=a.shape,
-        )
-    if not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
-        raise ValueRangeError(f"`{name}` must be a finite invertible matrix, not\n{a}")
-    return a
-
-
-def _same_grid(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.allclose(a, b, rtol=0.0, atol=_AFFINE_ATOL))
 
 
 def _source_name(meta: Mapping) -> str:
@@ -233,7 +194,7 @@ def load_image(
 def _heat_channel_first(heat: Any, spatial: tuple, *, what: str) -> torch.Tensor:
     """[*S], [C, *S] or [1, C, *S] -> float32 tensor [C, *S] (C >= 1)."""
     x = heat.detach() if isinstance(heat, torch.Tensor) else torch.as_tensor(np.asarray(heat))
-    if _is_meta_tensor(x):
+    if is_meta_tensor(x):
         x = x.as_tensor()
     n = len(spatial)
     if x.ndim == n:
@@ -304,7 +265,7 @@ def invert_to_source(
         ref = preprocessed[key]
     else:
         ref = preprocessed
-    if not _is_meta_tensor(ref):
+    if not is_meta_tensor(ref):
         raise ConfigError(
             "`preprocessed` must be the MetaTensor that the preprocessing returned (load with "
             f"volcam.io.load_image or MONAI LoadImage), not {type(ref).__name__}",
@@ -333,7 +294,7 @@ def invert_to_source(
                 ops = convert_applied_interp_mode(ops, mode="nearest", align_corners=None)
             x = MetaTensor(x, meta=copy.deepcopy(dict(ref.meta)), applied_operations=ops)
             out = transform.inverse(x)
-    if not _is_meta_tensor(out):
+    if not is_meta_tensor(out):
         out = MetaTensor(out)
 
     src_shape = ref.meta.get("spatial_shape")
@@ -349,9 +310,9 @@ def invert_to_source(
                 actual_shape=tuple(out.shape[1:]),
             )
     if src_affine is not None:
-        src_affine = _to_numpy(src_affine).astype(np.float64)
-        got = _to_numpy(out.affine).astype(np.float64)
-        if src_affine.shape == got.shape and not _same_grid(got, src_affine):
+        src_affine = to_numpy(src_affine).astype(np.float64)
+        got = to_numpy(out.affine).astype(np.float64)
+        if src_affine.shape == got.shape and not same_grid(got, src_affine):
             raise ShapeError(
                 f"the inverted heat must have the affine of {source}, not\n{got}\n(expected\n"
                 f"{src_affine}): the preprocessing contains a spatial step that MONAI cannot invert",
@@ -390,11 +351,11 @@ def _meta_code(meta: Mapping, name: str) -> int | None:
 
 
 def _reference_geometry(reference: Any) -> _Geometry:
-    if _is_meta_tensor(reference):
+    if is_meta_tensor(reference):
         meta = reference.meta
         name = meta.get("filename_or_obj") or "the reference MetaTensor"
         return _Geometry(
-            _affine_numpy(reference.affine, "reference.affine"),
+            as_affine(reference.affine, "reference.affine"),
             None,
             _meta_code(meta, "qform_code"),
             _meta_code(meta, "sform_code"),
@@ -431,50 +392,14 @@ def _reference_geometry(reference: Any) -> _Geometry:
     )
 
 
-def _spatial_numpy(volume: Any, shape: tuple | None, *, what: str, where: str) -> np.ndarray:
-    """volume -> numpy array of the spatial shape; a MetaTensor is channel-first."""
-    arr = _to_numpy(volume)
-    given = tuple(arr.shape)
-    if _is_meta_tensor(volume):
-        if arr.ndim < 2 or arr.shape[0] != 1:
-            raise ShapeError(
-                f"{what} must have one channel ([1, *S]), not shape {given}; select one, e.g. x[:1]",
-                expected="[1, *S]",
-                actual_shape=given,
-            )
-        arr = arr[0]
-    if shape is not None:
-        target = tuple(shape)
-        while arr.ndim > len(target) and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.ndim < len(target) and target[arr.ndim :] == (1,) * (len(target) - arr.ndim):
-            arr = arr.reshape(target)
-        if tuple(arr.shape) != target:
-            raise ShapeError(
-                f"{what} must have the spatial shape of {where}, {target}, not {given}",
-                expected=str(target),
-                actual_shape=given,
-            )
-    else:
-        while arr.ndim > 3 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.ndim not in (2, 3):
-            raise ShapeError(
-                f"{what} must be a 2D or 3D volume ([*S], [1, *S] or [1, 1, *S]), not shape {given}",
-                expected="[*S] with 2 or 3 spatial axes",
-                actual_shape=given,
-            )
-    return arr
-
-
 def _resolve_geometry(volume: Any, reference: Any, affine: Any) -> _Geometry:
     if reference is not None and affine is not None:
         raise ConfigError("pass either `reference` or `affine`, not both", key="affine")
     if reference is not None:
         geo = _reference_geometry(reference)
-        if _is_meta_tensor(volume):
-            own = _affine_numpy(volume.affine, "volume.affine")
-            if not _same_grid(own, geo.affine):
+        if is_meta_tensor(volume):
+            own = as_affine(volume.affine, "volume.affine")
+            if not same_grid(own, geo.affine):
                 raise ShapeError(
                     f"the volume lies on a different grid than '{geo.name}' (its affine is\n{own}\n"
                     f"not\n{geo.affine}); take it back with volcam.io.invert_to_source first, or "
@@ -484,11 +409,11 @@ def _resolve_geometry(volume: Any, reference: Any, affine: Any) -> _Geometry:
                 )
         return geo
     if affine is not None:
-        return _Geometry(_affine_numpy(affine))
-    if _is_meta_tensor(volume):
+        return _Geometry(as_affine(affine))
+    if is_meta_tensor(volume):
         meta = volume.meta
         return _Geometry(
-            _affine_numpy(volume.affine, "volume.affine"),
+            as_affine(volume.affine, "volume.affine"),
             None,
             _meta_code(meta, "qform_code"),
             _meta_code(meta, "sform_code"),
@@ -540,7 +465,7 @@ def save_nifti(
     path = Path(path)
     _check_nifti_path(path, reading=False)
     geo = _resolve_geometry(volume, reference, affine)
-    data = _spatial_numpy(
+    data = spatial_array(
         volume,
         geo.shape,
         what="the volume",
@@ -579,7 +504,7 @@ def save_nifti(
 def _heat_values(heat: Any, raw: bool) -> Any:
     """Checks a heat volume's values; clips interpolation overshoot when not raw."""
     x = heat.detach() if isinstance(heat, torch.Tensor) else torch.as_tensor(np.asarray(heat))
-    if _is_meta_tensor(x):
+    if is_meta_tensor(x):
         x = x.as_tensor()
     x = x.to(torch.float32)
     n_nan, n_inf = _nonfinite_counts(x)
@@ -658,7 +583,7 @@ def save_heat_preprocessed(heat: Any, preprocessed: Any, path: PathLike, *, raw:
     Returns:
         The written ``Path``.
     """
-    if not _is_meta_tensor(preprocessed):
+    if not is_meta_tensor(preprocessed):
         raise ConfigError(
             "`preprocessed` must be the preprocessed MetaTensor (it carries the grid's affine), "
             f"not {type(preprocessed).__name__}",
@@ -678,7 +603,7 @@ def save_heat_preprocessed(heat: Any, preprocessed: Any, path: PathLike, *, raw:
 
 def _with_meta_of(original: Any, values: torch.Tensor) -> Any:
     """``values`` wrapped as a MetaTensor with ``original``'s metadata, if it was one."""
-    if _is_meta_tensor(original):
+    if is_meta_tensor(original):
         from monai.data import MetaTensor
 
         return MetaTensor(values, meta=dict(original.meta))

@@ -12,7 +12,7 @@ from volcam.commands.layers import example_input
 from volcam.config import load_config
 from volcam.demo import demo_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # example config -> (overrides that only shrink the network's width, input size of a quick CAM
 # or None to skip the forward pass). Layer names and structure stay those of the config;

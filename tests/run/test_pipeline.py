@@ -17,7 +17,7 @@ from pipeline_helpers import config, write_case
 from volcam import cli, pipeline
 from volcam.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_yaml(path: Path, cfg: dict) -> Path:

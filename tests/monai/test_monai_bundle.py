@@ -18,7 +18,7 @@ from monai.bundle import ConfigParser
 import volcam
 from volcam.monai import CAMHandler
 
-CONFIG = Path(__file__).parents[1] / "configs" / "evaluator_handler.yaml"
+CONFIG = Path(__file__).parents[2] / "configs" / "evaluator_handler.yaml"
 AFFINE = np.array([[0.0, 0.0, 2.5, -30.0], [-1.5, 0.0, 0.0, 12.0], [0.0, 2.0, 0.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
 
 

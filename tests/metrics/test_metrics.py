@@ -24,7 +24,7 @@ from volcam.metrics import (
     top_k_mask,
 )
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)

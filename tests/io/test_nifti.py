@@ -367,7 +367,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
             f.write(b"\0" * 100)
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(io.nib, "save", broken_save)
+    monkeypatch.setattr(io.nifti.nib, "save", broken_save)
     with pytest.raises(OSError, match="No space left"):
         io.save_heat(np.zeros((2, 3, 4)), dest, affine=np.eye(4))
     assert dest.read_bytes() == b"previous content"
