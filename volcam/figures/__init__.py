@@ -42,6 +42,7 @@ which notebooks display when returned; to show one on a desktop pass your own ``
 """
 
 from volcam.figures.browser import SliceBrowser, browse
+from volcam.figures.case import CaseFigures
 from volcam.figures.render import WINDOWS, window_for
 from volcam.figures.slices import overlay_slice, save_slice_pngs
 from volcam.figures.views import add_colorbar, mosaic, orthogonal_views, save_figure
@@ -49,6 +50,7 @@ from volcam.geometry import AXES, slice_axis
 
 __all__ = [
     "AXES",
+    "CaseFigures",
     "WINDOWS",
     "window_for",
     "slice_axis",
