@@ -43,16 +43,12 @@ SANITY_KINDS = ("cascading", "independent", "label")
 
 
 def configure(parser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="run configuration (.yaml or .json), as for `volcam run`")
+    from volcam.commands.common import add_config_arguments
+
+    add_config_arguments(parser)
     parser.add_argument(
-        "--override",
-        "-o",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change a config value, e.g. cam.method=hirescam (repeatable)",
+        "--output", "--out", dest="out", default=None, help="output folder (default: <outputs.dir>/evaluation)"
     )
-    parser.add_argument("--out", default=None, help="output folder (default: <outputs.dir>/evaluation)")
     parser.add_argument("--cases", type=int, default=None, metavar="N", help="evaluate only the first N cases")
     parser.add_argument(
         "--against",
@@ -213,7 +209,7 @@ def main(args) -> int:
 
     _check_args(args)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    config = load_config(args.config, args.override)
+    config = load_config(args.config, args.override, allow_eval=not args.no_eval, python_path=args.python_path)
     out = Path(args.out) if args.out else Path(config["outputs.dir"]) / "evaluation"
     device = config.device
     model = config.build_network().to(device)
