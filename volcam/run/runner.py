@@ -128,6 +128,22 @@ class Runner:
         self.layer_names = ";".join(config.cam.target_layers)
         if self.out_channels is not None:
             self.check_classes(self.out_channels)
+        from volcam.run.memory import MemoryGuard
+
+        s = config.sliding
+        self.memory = MemoryGuard(
+            self._probe,
+            self.device,
+            divisor=self.divisor,
+            sliding=(tuple(s.roi_size), s.sw_batch_size) if s.roi_size else None,
+            out_channels=self.out_channels or 2,
+        )
+
+    def _probe(self, x: torch.Tensor) -> None:
+        """The run's computation on ``x`` (for the memory estimate): the first class, predicted region."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._explain_padded(x, self._target(self.classes[0], None), self._padding(tuple(x.shape[2:])))
 
     def check_classes(self, channels: int) -> None:
         """Refuse classes the network's output does not have (a config error, for the whole run)."""
@@ -210,6 +226,17 @@ class Runner:
             heat = normalize(heat)
         return heat, output
 
+    def _classes(self, x: torch.Tensor, label: torch.Tensor | None, pads: Any) -> list[tuple[Any, Any, Any, float]]:
+        """``(heat, output, warnings, seconds)`` of every class of one input."""
+        out = []
+        for c in self.classes:
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                heat, output = self._explain_padded(x, self._target(c, label), pads)
+            out.append((heat, output, caught, time.perf_counter() - start))
+        return out
+
     def explain_case(self, case: Case, data: dict[str, Any]) -> CaseOutput:
         """Explain every class of one loaded case; see :class:`CaseOutput`.
 
@@ -231,12 +258,11 @@ class Runner:
         raster = bool(data.get("raster", False))
         voxel_ml = voxel_volume_ml(image.affine)
         pads = self._padding(tuple(x.shape[2:]))
+        self.memory.check(x)
         out = CaseOutput(case, source, data.get("source_label"), raster)
-        for c in self.classes:
+        results = self.memory.measure(lambda: self._classes(x, label, pads), tuple(x.shape[2:]))
+        for c, (heat, output, caught, seconds) in zip(self.classes, results):
             start = time.perf_counter()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                heat, output = self._explain_padded(x, self._target(c, label), pads)
             if self.out_channels is None:
                 self.check_classes(output.shape[1])
             pred = self.predicted(output, c)
@@ -275,7 +301,7 @@ class Runner:
                     peak_z=round(world[2], 3),
                     peak_voxel=" ".join(str(i) for i in peak),
                 )
-            row["seconds"] = round(time.perf_counter() - start, 3)
+            row["seconds"] = round(seconds + time.perf_counter() - start, 3)
             row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             out.classes.append(ClassOutput(c, self.names[c], heat_src, pred_src.as_tensor()[0] > 0.5, row))
         return out
