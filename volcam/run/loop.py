@@ -51,7 +51,7 @@ __all__ = ["run", "run_cases", "CaseWriter", "Interrupted", "RunStopped", "stop_
 log = logging.getLogger(__name__)
 
 #: errors of the output folder itself: the run cannot go on
-_INFRA_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+_INFRA_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
 class Interrupted(BaseException):
