@@ -76,7 +76,8 @@ def test_parse_override(text, key, value):
 
 def test_overrides_apply_and_create_missing_sections():
     cfg = load_config(
-        base(), ["cam.method=layercam", "sliding_window.roi_size=[8, 8, 8]", "vars.channels=4", "targets.names={1: a, 2: b}"]
+        base(),
+        ["cam.method=layercam", "sliding_window.roi_size=[8, 8, 8]", "vars.channels=4", "targets.names={1: a, 2: b}"],
     )
     assert cfg["cam.method"] == "layercam"
     assert cfg["sliding_window.roi_size"] == [8, 8, 8]

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 import yaml
