@@ -244,3 +244,22 @@ def write_sr(folder: Path, study: SeriesSpec, name: str = "report.dcm") -> Path:
 
 def read_headers(files: Sequence[Path]) -> list[Dataset]:
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+
+def dciodvfy_report(path: Path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) that dicom3tools' ``dciodvfy`` finds in a file.
+
+    The test fails, not skips, when ``dciodvfy`` is not installed (``.ci/run`` installs
+    Debian's ``dicom3tools``).
+    """
+    import shutil
+    import subprocess
+
+    import pytest
+
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.fail("dciodvfy is not installed: `apt-get install dicom3tools` (the CI script does this)")
+    done = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
+    lines = (done.stdout + done.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]

@@ -229,8 +229,6 @@ def save_parametric_map(
         series_description=series_description,
     )
     pmap.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [_anatomy(geometry, anatomic_region)]
-    if geometry.headers[0].get("Laterality"):
-        pmap.Laterality = geometry.headers[0].Laterality
     logger.info("writing parametric map of %s to %s", geometry.series.label(), path)
     return _write(pmap, path)
 
