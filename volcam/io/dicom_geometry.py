@@ -291,6 +291,7 @@ def series_geometry(series: Series) -> SeriesGeometry:
         geometry = geometry.flip_spatial(2)
         ordered = ordered[::-1]
     affine = LPS_TO_RAS @ np.asarray(geometry.affine, dtype=np.float64)
-    shape = tuple(int(n) for n in geometry.spatial_shape)
+    columns, rows, slices = (int(n) for n in geometry.spatial_shape)
+    shape = (columns, rows, slices)
     logger.debug("%s: grid %s, slice spacing %.4g mm", series.label(), shape, spacing)
     return SeriesGeometry(series, tuple(ordered), affine, shape, float(spacing), atol, perpendicular_tol)

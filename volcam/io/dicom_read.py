@@ -237,15 +237,19 @@ def load_series(
     from monai.data import MetaTensor
     from monai.transforms import EnsureChannelFirst
 
-    preset = source if isinstance(source, (Series, SeriesChoice)) else None
-    folder = (preset.series if isinstance(preset, SeriesChoice) else preset).folder if preset else Path(source)
+    if isinstance(source, SeriesChoice):
+        preset: Series | SeriesChoice | None = source
+        folder = source.series.folder
+    elif isinstance(source, Series):
+        preset, folder = source, source.folder
+    else:
+        preset, folder = None, Path(source)
     reader = DicomSeriesReader(uid=uid, description=description, modality=modality, series=preset)
     # what MONAI's LoadImage(reader=reader, ensure_channel_first=True) does, without building
     # (and importing the dependencies of) every other reader it registers
     array, meta = reader.get_data(reader.read(str(folder)))
     meta["filename_or_obj"] = str(folder)
-    image = MetaTensor.ensure_torch_and_prune_meta(array.astype(dtype, copy=False), meta)
-    image = EnsureChannelFirst()(image)
+    image: Any = EnsureChannelFirst()(MetaTensor.ensure_torch_and_prune_meta(array.astype(dtype, copy=False), meta))
     if not allow_nonfinite and image.is_floating_point():
         bad = int((~torch.isfinite(image.as_tensor())).sum())
         if bad:
