@@ -79,6 +79,7 @@ def test_series_is_chosen_in_a_folder_of_several(tmp_path):
     assert image.meta["dicom_series_uid"] == ct.uid and "most images" in image.meta["dicom_selection"]
     image = dicom.load_series(tmp_path, modality="MR")
     assert image.meta["dicom_series_uid"] == mr.uid and image.shape[-1] == 6
+    assert image.meta["dicom_folder"] == str(tmp_path / "mr") and image.meta["filename_or_obj"] == str(tmp_path)
     found = dicom.find_series(tmp_path)
     image = dicom.load_series(dicom.select_series(found, uid=mr.uid))
     assert image.meta["dicom_series_uid"] == mr.uid

@@ -22,7 +22,9 @@ MONAI's loaders and dictionary pipelines as they are, so the preprocessing and
 a NIfTI file. The voxels are ``[1, columns, rows, slices]`` float32 (ITK's order), and the
 ``.meta`` carries ``affine``/``original_affine`` (RAS+), ``spatial_shape``,
 ``filename_or_obj`` (the folder) and the series' identity under ``dicom_*`` keys
-(:data:`META_KEYS`), from which :mod:`volcam.io.dicom_write` finds the series again.
+(:data:`META_KEYS`; ``dicom_folder`` is the folder holding the series' files, and
+``dicom_series_number`` is -1 when the series has none), from which
+:mod:`volcam.io.dicom_write` finds the series again.
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ def _meta(geometry: SeriesGeometry, choice: SeriesChoice) -> dict:
         "spacing": np.sqrt((affine[:3, :3] ** 2).sum(axis=0)),
         "dicom_series_uid": series.uid,
         "dicom_study_uid": series.study_uid,
-        "dicom_folder": str(series.folder),
+        "dicom_folder": str(series.directory),
         "dicom_modality": series.modality,
         "dicom_series_number": series.number if series.number is not None else -1,
         "dicom_series_description": series.description,

@@ -102,6 +102,11 @@ class Series:
         return len(self.files)
 
     @property
+    def directory(self) -> Path:
+        """The deepest folder that holds all the series' files."""
+        return Path(os.path.commonpath([str(f.parent) for f in self.files])) if self.files else self.folder
+
+    @property
     def is_localizer(self) -> bool:
         """True for scout/localiser images (ImageType contains LOCALIZER)."""
         return "LOCALIZER" in self.image_type
