@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from dicom_helpers import SeriesSpec, blob, dciodvfy_report, oblique, write_series
+from dicom_helpers import SAGITTAL, SeriesSpec, blob, dciodvfy_report, oblique, write_series
 from monai.data import MetaTensor
 
 from volcam.errors import ArgumentError, ShapeError, ValueRangeError
@@ -210,3 +210,19 @@ def test_laterality_and_region_come_from_the_source(tmp_path):
     anatomy = ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
     assert anatomy.FrameLaterality == "L" and "Laterality" not in ds  # frame laterality stands for it
     assert anatomy.AnatomicRegionSequence[0].CodeMeaning.lower() == "knee"
+
+
+def test_objects_from_a_sagittal_mr_series_are_valid_and_in_place(tmp_path):
+    spec = SeriesSpec(modality="MR", orientation=SAGITTAL, origin=(20.0, -10.0, 60.0), values=blob(BLOB_LPS, 5.0))
+    write_series(tmp_path / "mr", spec)
+    image = dicom.load_series(tmp_path / "mr")
+    heat = (image - image.min()) / (image.max() - image.min())
+    for path in (
+        dicom.save_parametric_map(heat, image, tmp_path / "pm.dcm"),
+        dicom.save_seg(heat, image, tmp_path / "seg.dcm", threshold=0.7),
+    ):
+        errors, _ = dciodvfy_report(path)
+        assert errors == [], path.name
+    volume = hd.imread(tmp_path / "pm.dcm").get_volume()
+    index = np.unravel_index(int(np.argmax(volume.array)), volume.array.shape)
+    assert _within_a_voxel((volume.affine @ np.r_[index, 1.0])[:3], image.affine.numpy())
