@@ -85,6 +85,31 @@ def test_series_is_chosen_in_a_folder_of_several(tmp_path):
     assert image.meta["dicom_series_uid"] == mr.uid
 
 
+def test_sub_pixel_jitter_of_positions_is_not_taken_for_a_tilt(tmp_path):
+    jitter = [0.015 * (-1) ** k for k in range(8)]  # mm sideways; pixels are 0.8 mm, slices 0.5 mm apart
+    write_series(
+        tmp_path, slices=8, slice_spacing=0.5, positions=[(j, 0.0, 30.0 + 0.5 * k) for k, j in enumerate(jitter)]
+    )
+    image = dicom.load_series(tmp_path)
+    assert image.shape[-1] == 8
+    np.testing.assert_allclose(spacing(image.affine), [0.8, 0.9, 0.5], atol=1e-6)
+
+
+def test_rle_compressed_series_loads_like_the_uncompressed_one(tmp_path):
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    spec = dict(values=blob(BLOB_LPS), study_uid="1.2.3", frame_uid="1.2.4", series_uid="1.2.5")
+    written = write_series(tmp_path / "rle", **spec)
+    for path in written.files:
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
+    write_series(tmp_path / "plain", **spec)
+    rle, plain = dicom.load_series(tmp_path / "rle"), dicom.load_series(tmp_path / "plain")
+    torch.testing.assert_close(rle.as_tensor(), plain.as_tensor(), rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------- bad series
 
 

@@ -236,8 +236,10 @@ def _check_stacking(series: Series, headers: list[Any], iop: np.ndarray) -> tupl
             "(e.g. dcm2niix's tilt correction, or 3D Slicer's acquisition geometry regularization) and use the "
             "result as NIfTI",
         )
-    cos = extent / float(np.linalg.norm(p[-1] - p[0]))
-    return tol, max(1e-3, 1.0 - cos + 1e-9)
+    # highdicom checks the direction from the first slice to every other one: allow the
+    # sub-pixel sideways jitter accepted above, which is widest seen from the nearest slice
+    cos = (offsets[1:] @ normal) / np.linalg.norm(offsets[1:], axis=1)
+    return tol, max(1e-3, float((1.0 - np.abs(cos)).max()) + 1e-9)
 
 
 def series_geometry(series: Series) -> SeriesGeometry:
