@@ -63,6 +63,20 @@ def test_loaded_series_has_the_exact_affine_and_the_blob_where_it_was(tmp_path, 
     assert image.meta["dicom_case_name"] == "P001_20240102_3"
 
 
+@pytest.mark.parametrize("orientation", [oblique(20, 15), SAGITTAL], ids=["oblique", "sagittal"])
+def test_parity_with_monai_pydicomreader_on_a_well_ordered_series(tmp_path, orientation):
+    """MONAI's PydicomReader stacks by InstanceNumber and takes the affine from the first and
+    last positions: on a series numbered along its normal it must agree with volcam's loader."""
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
+    write_series(tmp_path, orientation=orientation, pixel_spacing=(0.7, 1.1), values=blob(BLOB_LPS))
+    ours = dicom.load_series(tmp_path)
+    theirs = LoadImage(reader=PydicomReader(), ensure_channel_first=True)(str(tmp_path))
+    np.testing.assert_allclose(ours.affine.numpy(), theirs.affine.numpy(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.as_tensor(), theirs.as_tensor().to(torch.float32), rtol=0, atol=0)
+
+
 def test_shuffled_files_and_instance_numbers_give_the_same_volume(tmp_path):
     spec = dict(values=blob(BLOB_LPS), orientation=oblique(-30, 10))
     write_series(tmp_path / "a", **spec)
