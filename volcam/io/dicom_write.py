@@ -126,6 +126,24 @@ def _software_version() -> str:
     return str(__version__)
 
 
+def _identity(geometry: SeriesGeometry, series_number: int | None, offset: int, description: str) -> dict:
+    """The arguments every new object takes alike: source images, new UIDs, the software."""
+    import highdicom as hd
+
+    return {
+        "source_images": list(geometry.headers),
+        "series_instance_uid": hd.UID(),
+        "series_number": _series_number(series_number, geometry, offset),
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": _MANUFACTURER,
+        "manufacturer_model_name": _MANUFACTURER,
+        "software_versions": _software_version(),
+        "device_serial_number": "1",
+        "series_description": description,
+    }
+
+
 def _anatomy(geometry: SeriesGeometry, region: Any = None):
     """Frame Anatomy item: the source's anatomic region (or BodyPartExamined's CID 4031
     code, or 'Entire body') and its laterality ('U', unpaired, when the source gives none)."""
@@ -211,22 +229,13 @@ def save_parametric_map(
     )
     width = max(hi - lo, 1e-6)
     pmap = hd.pm.ParametricMap(
-        source_images=list(geometry.headers),
         pixel_array=frames,
-        series_instance_uid=hd.UID(),
-        series_number=_series_number(series_number, geometry, _PM_SERIES_OFFSET),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=_MANUFACTURER,
-        manufacturer_model_name=_MANUFACTURER,
-        software_versions=_software_version(),
-        device_serial_number="1",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=lo + width / 2, window_width=width)],
         content_label="CAM",
         content_description="class activation map",
-        series_description=series_description,
+        **_identity(geometry, series_number, _PM_SERIES_OFFSET, series_description),
     )
     pmap.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [_anatomy(geometry, anatomic_region)]
     logger.info("writing parametric map of %s to %s", geometry.series.label(), path)
@@ -309,22 +318,13 @@ def save_seg(
     pixel = np.stack(masks, axis=-1).astype(np.uint8)  # (slices, rows, columns, segments)
     empty = not pixel.any()
     seg = hd.seg.Segmentation(
-        source_images=list(geometry.headers),
         pixel_array=pixel,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=_series_number(series_number, geometry, _SEG_SERIES_OFFSET),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=_MANUFACTURER,
-        manufacturer_model_name=_MANUFACTURER,
-        software_versions=_software_version(),
-        device_serial_number="1",
         content_label="CAM_SEG",
         content_description="class activation regions",
-        series_description=series_description,
         omit_empty_frames=not empty,
+        **_identity(geometry, series_number, _SEG_SERIES_OFFSET, series_description),
     )
     if empty:
         logger.warning("the SEG of %s is empty: no heat reaches %g", geometry.series.label(), threshold)
