@@ -128,17 +128,17 @@ def test_evaluator_writes_files_on_the_source_grid(tmp_path):
     assert sorted(p.name for p in (out / "epoch_0001").iterdir()) == ["case0_image", "case1_image"]
     reference = volcam.GradCAM(net.eval(), LAYER)
     for i in range(2):
-        case_dir = out / "epoch_0001" / f"case{i}_image"
+        case_dir = out / "epoch_0001" / f"case{i}_image" / "class1"  # the layout of `volcam run`
         heat = nib.load(case_dir / "heat.nii.gz")
         np.testing.assert_allclose(heat.affine, AFFINE)
         assert heat.shape == (16, 16, 16)
         x = torch.as_tensor(nib.load(cases[i]["image"]).get_fdata(dtype=np.float32))[None, None]
         expected = reference(x, targets=1)[0, 0].numpy()
         np.testing.assert_allclose(heat.get_fdata(dtype=np.float32), expected, rtol=1e-5, atol=1e-6)
-        slices = sorted(p.name for p in (case_dir / "slices").iterdir())
+        slices = sorted(p.name for p in (case_dir / "axial").iterdir())
         assert len(slices) == 16 and all(n.startswith("axial_") and n.endswith(".png") for n in slices)
         assert (case_dir / "figure.png").stat().st_size > 0
-    assert handler.written["case1_image"]["nifti"] == out / "epoch_0001" / "case1_image" / "heat.nii.gz"
+    assert handler.written["case1_image"]["nifti"] == out / "epoch_0001" / "case1_image" / "class1" / "heat.nii.gz"
 
 
 @pytest.mark.parametrize("with_transform", [True, False])
@@ -157,7 +157,7 @@ def test_spatial_preprocessing_is_inverted_with_transform(tmp_path, with_transfo
         val_handlers=[handler],
         val_data_loader=DataLoader(Dataset([{"image": cases[0]["image"]}], pre), batch_size=1),
     )
-    case_dir = tmp_path / "out" / "epoch_0001" / "case0_image"
+    case_dir = tmp_path / "out" / "epoch_0001" / "case0_image" / "cam"
     if with_transform:
         evaluator.run()
         heat = nib.load(case_dir / "heat.nii.gz")
@@ -177,9 +177,9 @@ def test_two_dimensional_cases_export(tmp_path):
     batch, output = _decollated_batch(n=1)
     handler = CAMHandler(target_layers=LAYER, output_dir=tmp_path, targets=1)
     handler(_fake_engine(net, batch, output))
-    case_dir = tmp_path / "epoch_0001" / "img0"
+    case_dir = tmp_path / "epoch_0001" / "img0" / "class1"
     assert nib.load(case_dir / "heat.nii.gz").shape[:2] == (16, 16)
-    assert len(list((case_dir / "slices").iterdir())) == 1
+    assert len(list((case_dir / "axial").iterdir())) == 1
     assert (case_dir / "figure.png").exists()
 
 
@@ -288,7 +288,7 @@ def test_trainer_bit_identical_with_handler(tmp_path, eval_mode):
     )
     with_cams = _train(cases, [handler])
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.nii.gz"))
-    assert written == [f"epoch_000{e}/case{i}_image/heat.nii.gz" for e in (1, 2) for i in range(3)]
+    assert written == [f"epoch_000{e}/case{i}_image/cam/heat.nii.gz" for e in (1, 2) for i in range(3)]
     _assert_same_run(plain_run, with_cams)
 
 
@@ -395,7 +395,7 @@ def test_cuda_network_and_random_state(tmp_path):
     handler(_fake_engine(net, batch, output))
     assert torch.equal(torch.cuda.get_rng_state(), cuda_rng) and torch.equal(torch.get_rng_state(), cpu_rng)
     assert hook_count(net) == 0 and net.training
-    heat = nib.load(tmp_path / "epoch_0001" / "img0" / "heat.nii.gz").get_fdata(dtype=np.float32)
+    heat = nib.load(tmp_path / "epoch_0001" / "img0" / "cam" / "heat.nii.gz").get_fdata(dtype=np.float32)
     cpu_net = copy.deepcopy(net).cpu().eval()
     expected = volcam.GradCAM(cpu_net, LAYER)(batch[0]["image"].as_tensor()[None])[0, 0].numpy()
     np.testing.assert_allclose(heat, expected, atol=1e-4)

@@ -258,12 +258,35 @@ def list_cases(
 def loading_transforms() -> list[Any]:
     """``LoadImaged`` + ``EnsureChannelFirstd`` over keys image and label (NIfTI through
     nibabel, raster images through Pillow, chosen by MONAI from the file name)."""
+    import logging
+    import warnings
+
     from monai.transforms import EnsureChannelFirstd, LoadImaged
 
-    return [
-        LoadImaged(keys=["image", "label"], image_only=True, allow_missing_keys=True),
-        EnsureChannelFirstd(keys=["image", "label"], allow_missing_keys=True),
-    ]
+    # LoadImage sets up every reader MONAI has; its GPU DICOM decoder says, each time, that it
+    # cannot register without a GPU library. volcam reads DICOM with its own reader.
+    plugin = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin.level
+    plugin.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            load = LoadImaged(keys=["image", "label"], image_only=True, allow_missing_keys=True)
+    finally:
+        plugin.setLevel(level)
+    load.volcam_default = True  # type: ignore[attr-defined]
+    return [load, EnsureChannelFirstd(keys=["image", "label"], allow_missing_keys=True)]
+
+
+def _check_readable(path: Path, key: str) -> None:
+    """volcam's own loading reads NIfTI and 2D raster images; say so for other files."""
+    if not str(path).lower().endswith((*IMAGE_SUFFIXES, *RASTER_SUFFIXES)):
+        raise ImageReadError(
+            f"{key} must be a NIfTI file ({', '.join(IMAGE_SUFFIXES)}) or a 2D raster image "
+            f"({', '.join(RASTER_SUFFIXES)}), not '{path}'; convert other formats (MetaImage, NRRD) to NIfTI, "
+            "e.g. with SimpleITK, or start preprocessing with your own LoadImaged and reader",
+            path=path,
+        )
 
 
 def _cause(err: BaseException) -> str:
@@ -321,6 +344,8 @@ def load_case(case: Case, pre: Any, spatial_dims: int, *, need_label: bool = Fal
     for key, path in list(data.items()):
         if not Path(path).is_file():
             raise ImageReadError(f"{key} must be an existing file, not '{path}'", path=path)
+        if getattr(pre.transforms[0], "volcam_default", False):
+            _check_readable(Path(path), key)
     try:
         loaded = loading(data)
     except Exception as err:

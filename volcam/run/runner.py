@@ -312,7 +312,9 @@ def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
     notes = []
     for w in caught:
         text = str(w.message)
-        if issubclass(w.category, VolcamWarning) or "empty" in text:
+        if "target mask" in text and "empty" in text:
+            notes.append("empty target: the network predicts no voxel of this class (the map is all zero)")
+        elif issubclass(w.category, VolcamWarning) or "empty" in text:
             notes.append(text.split(";")[0])
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
