@@ -172,6 +172,7 @@ def test_slices_drawn_like_the_slice_pngs(browser, ct_case, tmp_path, convention
             axis=plane,
             window=tuple(meta["window"]),
             mask=masks["prediction: tumour"],
+            outline_color="#00e5ff",  # the page's first outline colour
             convention=convention,
         ).astype(int)
         assert rgb.shape == expected.shape
@@ -218,14 +219,14 @@ def test_window_preset_and_outline_toggle(browser, ct_case, tmp_path):
     np.testing.assert_array_equal(page.screenshot()[int(y), int(x)], [grey(image[voxel], (-1350, 150))] * 3)
     assert page.evaluate("document.getElementById('level').value") == "-600"
 
-    # the outline of the prediction is white where drawn, and gone when toggled off
+    # the outline of the prediction is cyan where drawn, and gone when toggled off
     rgb_on = page.evaluate("volcamViewer.slicePixels('axial')")
     page.evaluate("document.getElementById('outline-0').click()")
     rgb_off = page.evaluate("volcamViewer.slicePixels('axial')")
     on = np.asarray(rgb_on["rgba"]).reshape(-1, 4)[:, :3]
     off = np.asarray(rgb_off["rgba"]).reshape(-1, 4)[:, :3]
     changed = np.any(on != off, axis=1)
-    assert changed.sum() > 10 and (on[changed] == 255).all()
+    assert changed.sum() > 10 and (on[changed] == [0, 229, 255]).all()
     assert page.errors() == []
 
 

@@ -63,7 +63,7 @@ PRESETS = (
     ("CT brain", *WINDOWS["brain"]),
 )
 _PERCENTILES = ((0.5, 99.5), (1.0, 99.0), (2.0, 98.0), (5.0, 95.0), (0.0, 100.0))
-_MASK_COLOURS = ("#ffffff", "#00e5ff", "#ffd400", "#ff4dd2", "#7cfc00", "#ff8c00", "#b388ff", "#ff5252")
+_MASK_COLOURS = ("#00e5ff", "#ffd400", "#ff4dd2", "#7cfc00", "#ff8c00", "#b388ff", "#ffffff", "#ff5252")
 _PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
 _DATA_MARGIN = 64 << 10  # bytes kept for the chunk list of the manifest
 

@@ -283,6 +283,13 @@
     p.sy = s * ZOOMS[r];
     p.x0 = (box.width - SHAPE[c] * p.sx) / 2;
     p.y0 = (box.height - SHAPE[r] * p.sy) / 2;
+    // the edge letters sit at the edges of the image, not of the panel
+    const w = SHAPE[c] * p.sx, h = SHAPE[r] * p.sy;
+    const place = (side, x, y) => Object.assign(p.root.querySelector(`.edge.${side}`).style, { left: `${x}px`, top: `${y}px` });
+    place("top", p.x0 + w / 2, p.y0);
+    place("bottom", p.x0 + w / 2, p.y0 + h);
+    place("left", p.x0, p.y0 + h / 2);
+    place("right", p.x0 + w, p.y0 + h / 2);
   }
 
   function drawPanel(a) {
