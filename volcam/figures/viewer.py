@@ -43,7 +43,7 @@ import numpy as np
 from volcam.arrays import is_meta_tensor, spatial_array
 from volcam.checks import did_you_mean, one_of
 from volcam.errors import ArgumentError, ShapeError, ValueRangeError
-from volcam.figures.render import WINDOWS, _colormap, _resolve_window, window_for
+from volcam.figures.render import _MAX_WINDOW_SAMPLES, WINDOWS, _colormap, _resolve_window, window_for
 from volcam.figures.viewer_data import FORMAT_VERSION, Summary, encode_case
 from volcam.geometry import Canonical, as_affine, axis_codes, same_grid
 from volcam.io.nifti import atomic_write
@@ -327,11 +327,13 @@ def write_viewer(
     canonical = Canonical.of(aff, shape)
     image_summary = Summary.of(img)
     heat_summaries = [Summary.of(h, integral=False, argmax=True) for h in heat_arrays.values()]
+    # window_for samples at most a million voxels with a fixed stride: take that sample once
+    flat = np.asarray(img).reshape(-1)
+    sample = flat[:: max(1, flat.size // _MAX_WINDOW_SAMPLES)]
     if modality is None and anatomical:
-        modality = _guess_modality(img)
-
-    lo, hi = _resolve_window(window, img)
-    presets = _presets(img, modality)
+        modality = _guess_modality(sample)
+    lo, hi = _resolve_window(window, sample)
+    presets = _presets(sample, modality)
     cmaps = {name: _lut(name) for name in CMAPS}
     cmap_name = cmap if isinstance(cmap, str) else getattr(cmap, "name", "custom")
     if cmap_name not in cmaps:
