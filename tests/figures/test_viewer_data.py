@@ -223,17 +223,17 @@ def test_coronal_acquisition_reduced_across_its_own_plane(tmp_path):
 @pytest.mark.slow
 def test_512_ct_with_one_class_fits_25_mb(tmp_path):
     rng = np.random.default_rng(4)
-    x = np.linspace(-1, 1, 512)
+    x = np.linspace(-1, 1, 512, dtype=np.float32)
     body = ((x[:, None] / 0.8) ** 2 + (x[None, :] / 0.55) ** 2 <= 1)[..., None]
-    image = np.where(body, 40, -1000).astype(np.int16) + rng.normal(0, 12, (512, 512, 300)).astype(np.int16)
-    kk = np.arange(300)
-    heat = np.exp(-((x[:, None, None] - 0.2) ** 2 + x[None, :, None] ** 2) / 0.02) * np.exp(-(((kk - 150) / 40.0) ** 2))
-    path = write_viewer(
-        image, {"liver": heat.astype(np.float32)}, tmp_path / "ct.html", affine=np.diag([0.7, 0.7, 1.5, 1])
-    )
+    image = np.where(body, np.int16(40), np.int16(-1000)) + rng.integers(-20, 21, (512, 512, 300), dtype=np.int16)
+    gauss = lambda v, c, s: np.exp(-(((v - c) / s) ** 2)).astype(np.float32)
+    z = np.linspace(-1, 1, 300, dtype=np.float32)
+    heat = gauss(x, 0.2, 0.15)[:, None, None] * gauss(x, 0.0, 0.15)[None, :, None] * gauss(z, 0.0, 0.3)[None, None, :]
+    affine = np.diag([0.7, 0.7, 1.5, 1])
+    path = write_viewer(image, {"liver": heat}, tmp_path / "ct.html", affine=affine)
     assert path.stat().st_size <= 25_000_000
     meta, _ = read_page(path)
-    assert meta["factors"][2] == 1 and meta["modality"] == "CT"
+    assert meta["factors"] == [2, 2, 1] and meta["modality"] == "CT" and meta["volumes"]["image"]["exact"]
 
 
 # --------------------------------------------------------------------------- 2D

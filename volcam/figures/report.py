@@ -276,7 +276,7 @@ def write_index(
         if cases.get(str(r.get("case", ""))) != "failed":
             cases[str(r.get("case", ""))] = status
     counts = {s: sum(1 for v in cases.values() if v == s) for s in ("ok", "skipped", "failed")}
-    failures = {}
+    failures: dict[str, str] = {}
     for r in rows:
         if r.get("status") == "failed":
             failures.setdefault(str(r.get("case", "")), str(r.get("error") or "no reason recorded"))

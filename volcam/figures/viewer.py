@@ -30,7 +30,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -43,55 +42,19 @@ import numpy as np
 from volcam.arrays import is_meta_tensor, spatial_array
 from volcam.checks import did_you_mean, one_of
 from volcam.errors import ArgumentError, ShapeError, ValueRangeError
-from volcam.figures.render import _MAX_WINDOW_SAMPLES, WINDOWS, _colormap, _resolve_window, window_for
+from volcam.figures import viewer_content as content
+from volcam.figures.render import _MAX_WINDOW_SAMPLES, _resolve_window
 from volcam.figures.viewer_data import FORMAT_VERSION, Summary, encode_case
 from volcam.geometry import Canonical, as_affine, axis_codes, same_grid
 from volcam.io.nifti import atomic_write
 
-__all__ = ["write_viewer", "CMAPS", "PRESETS"]
+__all__ = ["write_viewer"]
 
 logger = logging.getLogger(__name__)
 
-#: colour maps offered in the page (the one asked for is added when it is not among them)
-CMAPS = ("jet", "turbo", "hot", "inferno", "magma", "viridis", "gray")
-
-#: window presets of the page, (name, low, high) in HU, for CT images
-PRESETS = (
-    ("CT soft tissue", *WINDOWS["soft_tissue"]),
-    ("CT lung", *WINDOWS["lung"]),
-    ("CT bone", *WINDOWS["bone"]),
-    ("CT brain", *WINDOWS["brain"]),
-)
-_PERCENTILES = ((0.5, 99.5), (1.0, 99.0), (2.0, 98.0), (5.0, 95.0), (0.0, 100.0))
 _MASK_COLOURS = ("#00e5ff", "#ffd400", "#ff4dd2", "#7cfc00", "#ff8c00", "#b388ff", "#ffffff", "#ff5252")
 _PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
 _DATA_MARGIN = 64 << 10  # bytes kept for the chunk list of the manifest
-
-# summary fields shown in the page, with their labels and formats; other fields are shown as given
-_STAT_FIELDS = {
-    "predicted_voxels": ("predicted voxels", "{:.0f}"),
-    "predicted_volume_ml": ("predicted volume", "{:.2f} ml"),
-    "energy_in_prediction": ("energy in prediction", "percent"),
-    "energy_in_label": ("energy in label", "percent"),
-    "note": ("note", None),
-}
-_STAT_HIDDEN = {
-    "case",
-    "class",
-    "class_name",
-    "status",
-    "error",
-    "seconds",
-    "image",
-    "label",
-    "peak_x",
-    "peak_y",
-    "peak_z",
-    "peak_voxel",
-    "heat_nifti",
-    "pngs",
-    "figure",
-}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -128,79 +91,6 @@ def _check_grids(affine: np.ndarray, named: dict) -> None:
                 expected="the image's affine",
                 actual_shape=tuple(v.shape),
             )
-
-
-def _guess_modality(image: np.ndarray) -> str | None:
-    lo, hi = window_for(image, (1.0, 99.0))
-    return "CT" if lo <= -500.0 and -1100.0 <= lo and hi >= 0.0 else None
-
-
-def _presets(image: np.ndarray, modality: str | None) -> list:
-    out = [[name, lo, hi] for name, lo, hi in PRESETS] if modality == "CT" else []
-    for p in _PERCENTILES:
-        lo, hi = window_for(image, p)
-        name = "full range" if p == (0.0, 100.0) else f"{p[0]:g}-{p[1]:g} percentiles"
-        out.append([name, lo, hi])
-    return out
-
-
-def _lut(cmap: Any) -> list:
-    cm = _colormap(cmap)
-    values = cm(np.linspace(0.0, 1.0, cm.N))[:, :3].astype(np.float32)
-    return [round(float(v), 7) for v in values.reshape(-1)]
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _format_stats(fields: Mapping) -> list:
-    """``[[label, text], ...]`` of one layer's figures, in the order given."""
-    out = []
-    for key, value in fields.items():
-        if key in _STAT_HIDDEN or value is None or value == "":
-            continue
-        label, fmt = _STAT_FIELDS.get(key, (str(key).replace("_", " "), "{:.4g}"))
-        number = _number(value)
-        if fmt == "percent" and number is not None:
-            text = f"{100.0 * number:.1f} %"
-        elif fmt is not None and number is not None:
-            text = fmt.format(number)
-        elif isinstance(value, float) and not math.isfinite(value):
-            continue
-        else:
-            text = str(value)[:300]
-        out.append([label, text])
-    return out
-
-
-def _peak(summary: Summary, canonical: Canonical) -> dict | None:
-    """The hottest voxel (first of ties) of a heat volume, from its summary on the source grid."""
-    if summary.argmax is None or not summary.high > summary.low:
-        return None  # a flat map has no peak
-    source = np.asarray(summary.argmax + (0,) * (3 - len(summary.argmax)), dtype=np.float64)
-    aff = canonical.source_affine
-    world = aff[:3, :3] @ source + aff[:3, 3]
-    voxel = np.rint(np.linalg.solve(canonical.affine[:3, :3], world - canonical.affine[:3, 3])).astype(int)
-    return {
-        "canonical": [int(v) for v in voxel],
-        "world": [round(float(w), 4) for w in world],
-        "source_voxel": [int(v) for v in summary.argmax],
-        "value": summary.high,
-    }
-
-
-def _heat_range(summary: Summary) -> list:
-    lo, hi = summary.low, summary.high
-    if lo >= 0.0 and hi <= 1.0:
-        return [0.0, 1.0]
-    return [lo, hi if hi > lo else lo + 1.0]
 
 
 def _template() -> str:
@@ -331,21 +221,21 @@ def write_viewer(
     flat = np.asarray(img).reshape(-1)
     sample = flat[:: max(1, flat.size // _MAX_WINDOW_SAMPLES)]
     if modality is None and anatomical:
-        modality = _guess_modality(sample)
+        modality = content.guess_modality(sample)
     lo, hi = _resolve_window(window, sample)
-    presets = _presets(sample, modality)
-    cmaps = {name: _lut(name) for name in CMAPS}
+    presets = content.presets(sample, modality)
+    cmaps = {name: content.lut(name) for name in content.CMAPS}
     cmap_name = cmap if isinstance(cmap, str) else getattr(cmap, "name", "custom")
     if cmap_name not in cmaps:
-        cmaps[cmap_name] = _lut(cmap)
+        cmaps[cmap_name] = content.lut(cmap)
 
     layers = [
         {
             "name": name,
             "volume": f"heat{i}",
-            "range": _heat_range(summary),
-            "peak": _peak(summary, canonical),
-            "stats": _format_stats(stats.get(name, {})),
+            "range": content.heat_range(summary),
+            "peak": content.peak(summary, canonical),
+            "stats": content.format_stats(stats.get(name, {})),
         }
         for i, (name, summary) in enumerate(zip(heat_arrays, heat_summaries))
     ]
@@ -382,7 +272,7 @@ def write_viewer(
         "cmaps": cmaps,
         "display": {"cmap": cmap_name, "alpha": float(alpha), "threshold": float(threshold), "blend": blend},
     }
-    page = _template().replace("{{TITLE}}", html.escape(meta["title"]))
+    page = _template().replace("{{TITLE}}", html.escape(str(meta["title"])))
     fixed = len(page.encode("utf-8")) + len(_json_for_script(meta).encode("utf-8"))
     encoded = encode_case(
         canonical,

@@ -164,14 +164,14 @@ def _block_reduce(slab: np.ndarray, factors: Sequence[int], how: str) -> np.ndar
     if any(p[1] for p in pad):
         slab = np.pad(slab, pad, mode="edge")
     fx, fy, fz = factors
-    acc = None
+    acc = slab[::fx, ::fy, ::fz].astype(np.float32 if how == "mean" else slab.dtype)
     for dx in range(fx):  # strided sums: no 6D reshape of a non-contiguous view
         for dy in range(fy):
             for dz in range(fz):
+                if dx == dy == dz == 0:
+                    continue
                 part = slab[dx::fx, dy::fy, dz::fz]
-                if acc is None:
-                    acc = part.astype(np.float32 if how == "mean" else part.dtype)
-                elif how == "max":
+                if how == "max":
                     np.maximum(acc, part, out=acc)
                 else:
                     acc += part
@@ -246,10 +246,12 @@ class _Encoder:
         self.slice_axis = slice_axis_of(canonical)
 
     def factors(self, f: int) -> tuple[int, int, int]:
-        return tuple(1 if axis == self.slice_axis or n == 1 else min(f, n) for axis, n in enumerate(self.shape))
+        x, y, z = (1 if axis == self.slice_axis or n == 1 else min(f, n) for axis, n in enumerate(self.shape))
+        return x, y, z
 
     def grid_shape(self, factors) -> tuple[int, int, int]:
-        return tuple(math.ceil(n / f) for n, f in zip(self.shape, factors))
+        x, y, z = (math.ceil(n / f) for n, f in zip(self.shape, factors))
+        return x, y, z
 
     def streams(self, factors) -> list[_Stream]:
         fz = factors[2]
