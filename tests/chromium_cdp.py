@@ -8,6 +8,7 @@ JSON message per NUL-terminated record.
 from __future__ import annotations
 
 import base64
+import fcntl
 import io
 import json
 import os
@@ -54,22 +55,26 @@ class Chromium:
         self.profile = tempfile.mkdtemp(prefix="volcam-chromium-")
         cmd_read, self._cmd_write = os.pipe()
         self._res_read, res_write = os.pipe()
-
-        def child_fds():
-            a, b = os.dup(cmd_read), os.dup(res_write)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
+        # the child must read on 3 and write on 4: hand it the pipe ends above 9 and let the
+        # shell (bash: fd numbers above 9) move them there just before it execs Chromium (no
+        # preexec_fn in a threaded process)
+        high_read, high_write = fcntl.fcntl(cmd_read, fcntl.F_DUPFD, 10), fcntl.fcntl(res_write, fcntl.F_DUPFD, 10)
+        args = [chromium_executable(), *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}"]
         self.proc = subprocess.Popen(
-            [chromium_executable(), *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}"],
+            [
+                "/bin/bash",
+                "-c",
+                f'exec "$@" 3<&{high_read} 4>&{high_write} {high_read}<&- {high_write}>&-',
+                "bash",
+                *args,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=child_fds,
-            close_fds=False,
+            pass_fds=(high_read, high_write),
         )
-        os.close(cmd_read)
-        os.close(res_write)
+        for fd in (cmd_read, res_write, high_read, high_write):
+            os.close(fd)
         self._next_id = 0
         self._lock = threading.Lock()
         self._answers: dict[int, dict] = {}
