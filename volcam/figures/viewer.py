@@ -30,6 +30,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from volcam.arrays import is_meta_tensor, spatial_array
-from volcam.checks import did_you_mean, one_of
+from volcam.checks import did_you_mean, fraction, in_range, one_of
 from volcam.errors import ArgumentError, ShapeError, ValueRangeError
 from volcam.figures import viewer_content as content
 from volcam.figures.render import _MAX_WINDOW_SAMPLES, _resolve_window
@@ -180,8 +181,8 @@ def write_viewer(
     one_of(blend, ("scaled", "constant"), "blend")
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1_000_000:
         raise ArgumentError(f"`max_bytes` must be an int of at least 1000000, not {max_bytes!r}", name="max_bytes")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ArgumentError(f"`alpha` must lie in [0, 1], not {alpha!r}", name="alpha")
+    alpha = fraction(alpha, "alpha")
+    threshold = in_range(threshold, "threshold", -math.inf, math.inf, low_open=True, high_open=True)
 
     heat_inputs = _as_mapping(heats, "heats", "heat")
     if not heat_inputs:
