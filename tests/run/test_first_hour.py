@@ -49,7 +49,7 @@ def _train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, ste
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for step in range(steps):
+        for _ in range(steps):
             idx = torch.randperm(len(images))[:4]
             opt.zero_grad()
             loss_fn(net(images[idx]), labels[idx]).backward()
@@ -72,7 +72,7 @@ def png_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("png")
     rng = np.random.default_rng(0)
     arrays, masks, centres = [], [], []
-    for i in range(12):
+    for _ in range(12):
         centre = (int(rng.integers(10, 38)), int(rng.integers(10, 54)))  # (row, column)
         mask = _disc((48, 64), centre, 6)
         image = rng.normal(60, 12, (48, 64))
