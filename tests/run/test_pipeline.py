@@ -74,7 +74,7 @@ def test_cli_end_to_end_checks_every_output(dataset, capsys):
         assert int(r["pngs"]) == n_axial + len(list((case_dir / "coronal").glob("*.png")))
         assert (out / r["figure"]).stat().st_size > 1000
         # summary rows complete, and their numbers agree with the files
-        empty = [k for k in pipeline.SUMMARY_COLUMNS if r[k] == "" and k not in ("error", "note")]
+        empty = [k for k in pipeline.SUMMARY_COLUMNS if r[k] == "" and k not in ("error", "note", "series")]
         assert empty == [], empty
         peak = [int(v) for v in r["peak_voxel"].split()]
         assert values[tuple(peak)] == values.max()
@@ -170,7 +170,13 @@ def test_bad_cases_are_listed_and_leave_nothing(dataset, capsys):
         assert rows[(case, "1")]["status"] == rows[(case, "2")]["status"] == "failed"
     assert all(rows[(f"case{i}", c)]["status"] == "ok" for i in range(3) for c in "12")
     # nothing partial: only the good cases' folders and the summary
-    assert sorted(p.name for p in (dataset / "out").iterdir()) == ["case0", "case1", "case2", "summary.csv"]
+    assert sorted(p.name for p in (dataset / "out").iterdir()) == [
+        "case0",
+        "case1",
+        "case2",
+        "index.html",
+        "summary.csv",
+    ]
 
 
 def test_failure_mid_case_removes_its_outputs(dataset, monkeypatch):
@@ -191,7 +197,7 @@ def test_failure_mid_case_removes_its_outputs(dataset, monkeypatch):
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed", "ok", "ok"]
     assert rows[2]["error"].startswith("out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)")
     assert "sliding_window.roi_size" in rows[2]["error"]
-    assert sorted(p.name for p in (dataset / "out").iterdir()) == ["case0", "case2", "summary.csv"]
+    assert sorted(p.name for p in (dataset / "out").iterdir()) == ["case0", "case2", "index.html", "summary.csv"]
 
 
 def test_rerun_skips_complete_cases(dataset):
@@ -264,7 +270,7 @@ def test_killed_run_resumes_without_redoing_finished_cases(dataset):
     rows = pipeline.read_summary(out / "summary.csv")
     assert [r["status"] for r in rows] == ["skipped", "skipped", "ok", "ok", "ok", "ok"]
     assert files_under(out / "case0") == finished  # same files, same mtimes
-    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "index.html", "summary.csv"]
 
 
 def test_merge_summaries_in_case_order(tmp_path):

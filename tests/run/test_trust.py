@@ -238,7 +238,7 @@ def test_a_second_run_on_the_same_folder_stops_and_the_first_finishes(dataset, c
     out = dataset / "out"
     assert [r["status"] for r in rows_of(out / "summary.csv")] == ["ok"] * 6
     assert all(case_complete(out / f"case{i}") for i in range(3))
-    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "index.html", "summary.csv"]
 
 
 # --------------------------------------------------------------------------- 6. kill -9 mid-swap
@@ -278,7 +278,7 @@ def test_kill_9_at_random_points_of_an_overwrite_keeps_every_case_complete(datas
         assert [float(r["energy_in_prediction"]) for r in rows[2 * i : 2 * i + 2]] == pytest.approx(
             [r["energy_in_prediction"] for r in record["rows"]], rel=1e-5
         )
-    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "index.html", "summary.csv"]
 
 
 # --------------------------------------------------------------------------- 7. signals and exit codes
@@ -306,7 +306,11 @@ def test_sigterm_and_sighup_stop_cleanly(dataset, sig, code):
     assert proc.returncode == code, err
     assert f"stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err
     out = dataset / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["case0", "summary.csv"]  # nothing partial, lock released
+    assert sorted(p.name for p in out.iterdir()) == [
+        "case0",
+        "index.html",
+        "summary.csv",
+    ]  # nothing partial, lock released
     assert [(r["case"], r["status"]) for r in rows_of(out / "summary.csv")] == [("case0", "ok")] * 2
 
 

@@ -44,7 +44,9 @@ which notebooks display when returned; to show one on a desktop pass your own ``
 from volcam.figures.browser import SliceBrowser, browse
 from volcam.figures.case import CaseFigures
 from volcam.figures.render import WINDOWS, window_for
+from volcam.figures.report import write_index, write_thumbnail
 from volcam.figures.slices import overlay_slice, save_slice_pngs
+from volcam.figures.viewer import write_viewer
 from volcam.figures.views import add_colorbar, mosaic, orthogonal_views, save_figure
 from volcam.geometry import AXES, slice_axis
 
@@ -62,4 +64,7 @@ __all__ = [
     "SliceBrowser",
     "browse",
     "save_figure",
+    "write_viewer",
+    "write_index",
+    "write_thumbnail",
 ]

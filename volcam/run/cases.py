@@ -42,11 +42,16 @@ RECORD_NAME = "volcam-case.json"
 
 @dataclass(frozen=True)
 class Case:
-    """One case of a dataset: an identifier (its output folder), an image and an optional label."""
+    """One case of a dataset: an identifier (its output folder), an image and an optional label.
+
+    For a DICOM case, ``image`` is the series' folder and ``series`` the
+    :class:`~volcam.io.dicom.SeriesChoice` (which series, and why).
+    """
 
     id: str
     image: Path
     label: Path | None = None
+    series: Any = None
 
 
 class Listing(list[Case]):
@@ -207,10 +212,10 @@ def list_cases(
             f"{did_you_mean(unknown[0], SECTIONS['data'])}",
             key=f"data.{unknown[0]}",
         )
-    given = [k for k in ("folder", "files", "dataset_json") if data.get(k) is not None]
+    given = [k for k in ("folder", "files", "dataset_json", "dicom") if data.get(k) is not None]
     if len(given) != 1:
         raise ConfigError(
-            "data must set exactly one of 'folder', 'files' or 'dataset_json', "
+            "data must set exactly one of 'folder', 'files', 'dataset_json' or 'dicom', "
             f"not {given if given else 'none of them'}",
             key="data",
         )
@@ -219,6 +224,8 @@ def list_cases(
     exclude_paths = [Path(e) for e in exclude]
     if kind == "folder":
         _folder_cases(data, base_path, exclude_paths, listing)
+    elif kind == "dicom":
+        _dicom_cases(data, base_path, listing)
     elif kind == "files":
         files = data["files"]
         if isinstance(files, (str, os.PathLike)) or not isinstance(files, Sequence) or not files:
@@ -250,6 +257,40 @@ def list_cases(
             listing.append(Case(case_id_of(image.name), image, label))
     _unique(listing, f"data.{kind}")
     return listing
+
+
+def _dicom_cases(data: Mapping[str, Any], base: Path, listing: Listing) -> None:
+    """One case per study found under ``data.dicom``: the series ``data.series`` chooses
+    (by default the one with the most images, localisers last)."""
+    try:
+        from volcam.io.dicom import case_name, find_series, select_series
+    except ImportError as err:
+        raise ConfigError(
+            f"data.dicom needs the dicom extra (pydicom, highdicom): pip install 'volcam[dicom]' ({err})",
+            key="data.dicom",
+        ) from err
+    folder = base / Path(data["dicom"])
+    if not folder.is_dir():
+        raise ConfigError(f"data.dicom must be an existing folder, not '{folder}'", key="data.dicom")
+    found = find_series(folder)
+    for reason, count in found.skipped.items():
+        listing.left_out.setdefault(f"files skipped ({reason})", []).extend([str(folder)] * count)
+    studies: dict[str, list[Any]] = {}
+    for series in found:
+        studies.setdefault(series.study_uid or series.uid, []).append(series)
+    rules = dict(data.get("series") or {})
+    for group in studies.values():
+        try:
+            choice = select_series(group, **rules)
+        except ImageReadError as err:
+            listing.note(f"studies without a series to explain ({err})", group[0].directory)
+            continue
+        listing.append(Case(case_name(choice.series), choice.series.directory, None, choice))
+    if not listing:
+        extra = f" ({listing.summary()})" if listing.left_out else ""
+        raise ConfigError(
+            f"data.dicom must hold at least one DICOM image series, not none in '{folder}'{extra}", key="data.dicom"
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -336,6 +377,8 @@ def load_case(case: Case, pre: Any, spatial_dims: int, *, need_label: bool = Fal
         raster (PNG, ...)}``.
     """
     loading, rest = _split_loading(pre)
+    if case.series is not None:
+        return _load_series(case, rest, spatial_dims)
     data: dict[str, Any] = {"image": str(case.image)}
     if case.label is not None:
         data["label"] = str(case.label)
@@ -388,6 +431,27 @@ def load_case(case: Case, pre: Any, spatial_dims: int, *, need_label: bool = Fal
     if keep_label is not None:
         out["source_label"] = keep_label
     out["raster"] = is_raster(case.image)
+    return out
+
+
+def _load_series(case: Case, rest: Any, spatial_dims: int) -> dict[str, Any]:
+    """A DICOM case: the chosen series through volcam's reader, then the preprocessing."""
+    from volcam.io.dicom import load_series
+
+    if spatial_dims != 3:
+        raise ShapeError(
+            f"a DICOM series is a 3D volume; the network must be 3D, not {spatial_dims}D ('{case.image}')",
+            expected="3 spatial axes",
+            actual_shape=None,
+        )
+    source = load_series(case.series)
+    keep = source.clone()
+    try:
+        out = rest({"image": source})
+    except Exception as err:
+        raise VolcamError(f"preprocessing failed on '{case.image}': {_cause(err)}") from err
+    out["source"] = keep
+    out["raster"] = False
     return out
 
 

@@ -156,3 +156,15 @@ def _write_heat_png(heat: Any, path: Path, *, raw: bool) -> Path:
     data = np.rint(np.clip(arr, 0.0, 1.0) * 65535).astype(np.uint16)
     picture = Image.fromarray(data)
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def _raster_thumbnail(figs: Any, heat: Any, path: Path, size: int = 128) -> Path:
+    """A small overlay of a 2D raster image in its own layout (longer side ``size`` pixels)."""
+    from PIL import Image
+
+    from volcam.io import atomic_write
+
+    rgb = figs.scene.with_heat(heat).rgb(2, 0)
+    picture = Image.fromarray(rgb)
+    picture.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))

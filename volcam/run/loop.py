@@ -42,9 +42,9 @@ from volcam.run.config import RunConfig, load_config
 from volcam.run.export import CaseExporter
 from volcam.run.outdir import RECORD_NAME, OutputFolder, RunFolderError
 from volcam.run.plan import RunPlan, check_names, failed_rows, plan_cases
-from volcam.run.provenance import file_identity, map_provenance
+from volcam.run.provenance import input_identity, map_provenance
 from volcam.run.runner import Runner
-from volcam.run.summary import CaseResult, RunResult, case_line, write_summary
+from volcam.run.summary import CaseResult, RunResult, case_line, write_report, write_summary
 
 __all__ = ["run", "run_cases", "CaseWriter", "Interrupted", "RunStopped", "stop_on_signals", "infrastructure_error"]
 
@@ -114,13 +114,15 @@ class CaseWriter:
         try:
             files = self.exporter.write(out, stage, label_region=self.runner.label_region)
             rows = [c.row for c in out.classes]
+            image, label = input_identity(case)
             record = {
                 "format": 2,
                 "case": case.id,
                 "maps": self.maps,
                 "outputs": self.declared,
-                "image": file_identity(case.image),
-                "label": file_identity(case.label),
+                "image": image,
+                "label": label,
+                "series": None if case.series is None else case.series.as_dict(),
                 "files": files,
                 "rows": rows,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -250,9 +252,12 @@ class _Table:
     def update(self, i: int, res: CaseResult) -> None:
         self.rows[i] = res.rows
 
+    def all_rows(self) -> list[dict[str, Any]]:
+        return [r for i in sorted(self.rows) for r in self.rows[i]]
+
     def write(self) -> Path:
         try:
-            return write_summary([r for i in sorted(self.rows) for r in self.rows[i]], self.path)
+            return write_summary(self.all_rows(), self.path)
         except OSError as err:
             raise RunStopped(f"cannot write the summary '{self.path}': {err.strerror or err}") from err
 
@@ -374,6 +379,11 @@ def run(
             bar.close()
         try:
             summary: Path | None = table.write()
+            if config.outputs.index:
+                try:
+                    write_report(folder.root, table.all_rows())
+                except OSError as err:
+                    raise RunStopped(f"cannot write '{folder.root / 'index.html'}': {err.strerror or err}") from err
         except RunStopped as err:
             summary, error = None, error or str(err)
     ordered = [results.get(i) or CaseResult(c, "pending") for i, c in enumerate(cases)]

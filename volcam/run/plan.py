@@ -106,7 +106,7 @@ def plan_cases(
             continue
         record = folder.read_record(case.id) or {}
         plan.records[case.id] = record
-        diffs = differences(record, maps, declared, case.image, case.label)
+        diffs = differences(record, maps, declared, case)
         if diffs and all(name == "outputs" for name, _, _ in diffs):
             plan.todo.append(i)  # same maps, other files asked for: redo the case's files
             continue

@@ -22,7 +22,15 @@ from typing import Any
 
 from volcam.run.checkpoint import file_digest
 
-__all__ = ["file_identity", "same_file", "map_provenance", "differences", "FIELD_NAMES"]
+__all__ = [
+    "file_identity",
+    "series_identity",
+    "input_identity",
+    "same_file",
+    "map_provenance",
+    "differences",
+    "FIELD_NAMES",
+]
 
 #: readable names of the record fields a rerun compares
 FIELD_NAMES = {
@@ -55,6 +63,48 @@ def file_identity(path: str | os.PathLike[str] | None, digest: str | None = None
         "mtime_ns": st.st_mtime_ns,
         "blake2b": digest if digest is not None else file_digest(path),
     }
+
+
+def series_identity(case: Any) -> dict[str, Any]:
+    """The identity of a DICOM case's series: its folder and UID, its files' total size, newest
+    modification time and a content hash over every file (in path order)."""
+    import hashlib
+
+    files = sorted(case.series.series.files)
+    stats = [f.stat() for f in files]
+    h = hashlib.blake2b(digest_size=32)
+    for f in files:
+        h.update(f.name.encode())
+        h.update(file_digest(f).encode())
+    return {
+        "path": str(case.image),
+        "series_uid": case.series.series.uid,
+        "files": len(files),
+        "size": sum(st.st_size for st in stats),
+        "mtime_ns": max((st.st_mtime_ns for st in stats), default=0),
+        "blake2b": h.hexdigest(),
+    }
+
+
+def input_identity(case: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(image, label)`` identities of a case (see :func:`file_identity`, :func:`series_identity`)."""
+    if getattr(case, "series", None) is not None:
+        return series_identity(case), None
+    return file_identity(case.image), file_identity(case.label)
+
+
+def _same_series(recorded: Mapping[str, Any] | None, case: Any) -> bool:
+    if recorded is None or recorded.get("series_uid") != case.series.series.uid:
+        return False
+    files = case.series.series.files
+    try:
+        stats = [f.stat() for f in files]
+    except OSError:
+        return False
+    same_listing = recorded.get("files") == len(files) and recorded.get("size") == sum(st.st_size for st in stats)
+    if same_listing and recorded.get("mtime_ns") == max((st.st_mtime_ns for st in stats), default=0):
+        return True
+    return same_listing and series_identity(case)["blake2b"] == recorded.get("blake2b")
 
 
 def same_file(recorded: Mapping[str, Any] | None, path: str | os.PathLike[str] | None) -> bool:
@@ -102,12 +152,10 @@ def _checkpoint_same(a: Any, b: Any) -> bool:
 
 
 def differences(
-    record: Mapping[str, Any], maps: Mapping[str, Any], outputs: Mapping[str, Any], image: Any, label: Any
+    record: Mapping[str, Any], maps: Mapping[str, Any], outputs: Mapping[str, Any], case: Any
 ) -> list[tuple[str, Any, Any]]:
-    """The fields in which an earlier case record differs from this run: ``[(field, then, now)]``.
-
-    ``image`` and ``label`` are the case's current paths (or None).
-    """
+    """The fields in which an earlier case record differs from this run: ``[(field, then, now)]``."""
+    image, label = case.image, case.label
     out: list[tuple[str, Any, Any]] = []
     then = record.get("maps") or {}
     for key, now in maps.items():
@@ -119,7 +167,12 @@ def differences(
             out.append((key, old, now))
     if record.get("outputs") != dict(outputs):
         out.append(("outputs", record.get("outputs"), dict(outputs)))
-    if not same_file(record.get("image"), image):
+    same_image = (
+        _same_series(record.get("image"), case)
+        if getattr(case, "series", None) is not None
+        else same_file(record.get("image"), image)
+    )
+    if not same_image:
         out.append(("image", (record.get("image") or {}).get("path"), None if image is None else str(image)))
     if not same_file(record.get("label"), label):
         out.append(("label", (record.get("label") or {}).get("path"), None if label is None else str(label)))

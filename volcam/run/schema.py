@@ -15,7 +15,7 @@ A config is a mapping with these top-level keys (every key but ``network_def``,
     targets:           {classes, names, mask, activation, label_values}
     preprocessing:     []                   # dictionary transforms over keys image (and label)
     sliding_window:    {roi_size, sw_batch_size, overlap, mode}
-    data:              {folder | files | dataset_json, glob, label_folder, section, num_workers}
+    data:              {folder | files | dataset_json | dicom, glob, label_folder, section, series, num_workers}
     outputs:           {dir, heat_nifti, raw_heat, pngs, axes, figure, ...}
 
 Unknown keys, at the top level and inside the sections, are errors with a did-you-mean: a
@@ -36,6 +36,7 @@ __all__ = [
     "CONVENTIONS",
     "OUTLINES",
     "BLENDS",
+    "DICOM_OUTPUTS",
     "IMAGE_SUFFIXES",
     "RASTER_SUFFIXES",
     "NO_CHECKPOINT",
@@ -66,6 +67,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "label_folder": None,
         "files": None,
         "dataset_json": None,
+        "dicom": None,
+        "series": {},
         "section": "test",
         "num_workers": 2,
     },
@@ -85,6 +88,10 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "min_png_size": 256,
         "colorbar": False,
         "letters": False,
+        "viewer": True,
+        "index": True,
+        "dicom": [],
+        "dicom_threshold": 0.5,
     },
 }
 
@@ -115,6 +122,7 @@ FIGURES = ("orthogonal", "mosaic")
 CONVENTIONS = ("radiological", "neurological")
 OUTLINES = ("label", "prediction", "none")
 BLENDS = ("scaled", "constant")
+DICOM_OUTPUTS = ("pmap", "seg")
 
 #: File endings read as scans (NIfTI through nibabel; PNG/JPEG/TIFF through Pillow as 2D rasters).
 IMAGE_SUFFIXES = (".nii.gz", ".nii")

@@ -18,6 +18,7 @@ from volcam.run.schema import (
     ACTIVATIONS,
     AXES,
     CONVENTIONS,
+    DICOM_OUTPUTS,
     FIGURES,
     MASKS,
     OUTLINES,
@@ -102,6 +103,13 @@ def _number(value: Any, key: str, low: float, high: float, *, high_open: bool = 
 def safe_name(text: str) -> str:
     """A file-system-safe name: letters, digits, '-', '_' and '.' (no leading dots)."""
     return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(text)).strip("._") or "case"
+
+
+def _first_bad(values: Any, allowed: tuple[str, ...]) -> Any:
+    """The first entry of a list that is not allowed (the value itself if it is no list), or None."""
+    if not isinstance(values, (list, tuple)):
+        return values
+    return next((v for v in values if v not in allowed), None)
 
 
 def _selector(value: Any) -> Any:
@@ -301,6 +309,8 @@ class DataSettings:
     label_folder: str | None = None
     files: tuple[Any, ...] | None = None
     dataset_json: str | None = None
+    dicom: str | None = None
+    series: Mapping[str, Any] = field(default_factory=dict)
     section: str = "test"
     num_workers: int = 2
 
@@ -310,12 +320,24 @@ class DataSettings:
         workers = s["num_workers"]
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"data.num_workers must be an integer >= 0, not {_show(workers)}", key="data.num_workers")
-        given = [k for k in ("folder", "files", "dataset_json") if s.get(k) is not None]
+        given = [k for k in ("folder", "files", "dataset_json", "dicom") if s.get(k) is not None]
         if len(given) != 1:
             raise ConfigError(
-                "data must set exactly one of 'folder', 'files' or 'dataset_json', "
+                "data must set exactly one of 'folder', 'files', 'dataset_json' or 'dicom', "
                 f"not {given if given else 'none of them'}",
                 key="data",
+            )
+        series = s["series"] or {}
+        if not isinstance(series, Mapping) or any(k not in ("uid", "description", "modality") for k in series):
+            bad = (
+                next((k for k in series if k not in ("uid", "description", "modality")), series)
+                if isinstance(series, Mapping)
+                else series
+            )
+            raise ConfigError(
+                f"data.series must be a mapping of uid, description (a pattern) and modality, not {_show(bad)}"
+                f"{did_you_mean(bad, ('uid', 'description', 'modality')) if isinstance(bad, str) else ''}",
+                key="data.series",
             )
         files = s["files"]
         if files is not None:
@@ -328,6 +350,8 @@ class DataSettings:
             label_folder=None if s["label_folder"] is None else str(s["label_folder"]),
             files=files,
             dataset_json=None if s["dataset_json"] is None else str(s["dataset_json"]),
+            dicom=None if s["dicom"] is None else str(s["dicom"]),
+            series=dict(series),
             section=str(s["section"] or "test"),
             num_workers=workers,
         )
@@ -339,6 +363,8 @@ class DataSettings:
             "label_folder": self.label_folder,
             "files": None if self.files is None else list(self.files),
             "dataset_json": self.dataset_json,
+            "dicom": self.dicom,
+            "series": dict(self.series),
             "section": self.section,
             "num_workers": self.num_workers,
         }
@@ -371,6 +397,10 @@ class OutputSettings:
     min_png_size: int = 256
     colorbar: bool = False
     letters: bool = False
+    viewer: bool = True
+    index: bool = True
+    dicom: tuple[str, ...] = ()
+    dicom_threshold: float = 0.5
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any]) -> OutputSettings:
@@ -378,8 +408,8 @@ class OutputSettings:
         axes = s["axes"]
         if isinstance(axes, str):
             axes = [axes]
-        if not isinstance(axes, (list, tuple)) or any(a not in AXES for a in axes):
-            bad = next((a for a in (axes if isinstance(axes, (list, tuple)) else [axes]) if a not in AXES), axes)
+        bad = _first_bad(axes, AXES)
+        if bad is not None:
             raise ConfigError(
                 f"outputs.axes must list some of {', '.join(AXES)}, not {_show(bad)}{did_you_mean(bad, AXES)}",
                 key="outputs.axes",
@@ -407,7 +437,7 @@ class OutputSettings:
             window = (float(window[0]), float(window[1]))
         if not isinstance(s["dir"], (str, os.PathLike)) or not str(s["dir"]):
             raise ConfigError(f"outputs.dir must be a folder path, not {_show(s['dir'])}", key="outputs.dir")
-        for flag in ("heat_nifti", "raw_heat", "pngs", "square_pixels", "colorbar", "letters"):
+        for flag in ("heat_nifti", "raw_heat", "pngs", "square_pixels", "colorbar", "letters", "viewer", "index"):
             _flag(s[flag], f"outputs.{flag}")
         alpha = _number(s["alpha"], "outputs.alpha", 0.0, 1.0)
         size = s["min_png_size"]
@@ -427,6 +457,19 @@ class OutputSettings:
                 f"{did_you_mean(cmap, _colormap_names())}",
                 key="outputs.cmap",
             ) from None
+        dicom = s["dicom"] or []
+        if isinstance(dicom, str):
+            dicom = [dicom]
+        bad = _first_bad(dicom, DICOM_OUTPUTS)
+        if bad is not None:
+            raise ConfigError(
+                f"outputs.dicom must list some of {', '.join(DICOM_OUTPUTS)} (Parametric Map, SEG), not {_show(bad)}"
+                f"{did_you_mean(bad, DICOM_OUTPUTS) if isinstance(bad, str) else ''}",
+                key="outputs.dicom",
+            )
+        threshold = _number(s["dicom_threshold"], "outputs.dicom_threshold", 0.0, 1.0)
+        if threshold == 0.0:
+            raise ConfigError("outputs.dicom_threshold must be in (0, 1], not 0", key="outputs.dicom_threshold")
         return cls(
             dir=str(s["dir"]),
             heat_nifti=s["heat_nifti"],
@@ -443,6 +486,10 @@ class OutputSettings:
             min_png_size=size,
             colorbar=s["colorbar"],
             letters=s["letters"],
+            viewer=s["viewer"],
+            index=s["index"],
+            dicom=tuple(dict.fromkeys(dicom)),
+            dicom_threshold=threshold,
         )
 
     def declared(self) -> dict[str, Any]:
@@ -452,6 +499,9 @@ class OutputSettings:
             "raw_heat": self.raw_heat,
             "axes": list(self.axes) if self.pngs else [],
             "figure": self.figure,
+            "viewer": self.viewer,
+            "dicom": list(self.dicom),
+            "dicom_threshold": self.dicom_threshold if self.dicom else None,
             "style": {
                 "cmap": self.cmap,
                 "alpha": self.alpha,

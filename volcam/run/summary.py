@@ -25,6 +25,7 @@ __all__ = [
     "EXIT_USAGE",
     "EXIT_RUN",
     "write_summary",
+    "write_report",
     "read_summary",
     "merge_summaries",
     "format_row",
@@ -48,6 +49,7 @@ SUMMARY_COLUMNS = [
     "seconds",  # time spent on this class of this case (compute and writing)
     "image",
     "label",
+    "series",  # for DICOM input: the series explained (the choice and its reason are in the case record)
     "predicted_voxels",  # voxels predicted as the class (network grid)
     "predicted_volume_ml",  # their volume, from the voxel size of the network grid
     "peak_x",  # hottest voxel, world coordinates in mm (RAS+, as in the NIfTI affine)
@@ -154,6 +156,18 @@ def merge_summaries(
         rank = {c: i for i, c in enumerate(order)}
         rows.sort(key=lambda r: (rank.get(r["case"], len(rank)), int(r["class"] or 0)))
     return write_summary(rows, path)
+
+
+def write_report(run_dir: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """The run's ``index.html`` (:func:`volcam.figures.report.write_index`): the summary table,
+    thumbnails and links to each case's viewer.
+
+    Raises:
+        RunStopped-like ``OSError``: the page cannot be written.
+    """
+    from volcam.figures.report import write_index
+
+    return write_index(run_dir, [{k: _cell(v) for k, v in r.items()} for r in rows])
 
 
 def format_row(row: dict[str, Any]) -> str:
