@@ -21,12 +21,14 @@ class SourceCase:
     ``label`` ``[L, *S]`` (or None), the scan's file (``path``, or None), and whether it lies
     on the scan's own grid (``on_source``; False when the preprocessing could not be undone)."""
 
-    def __init__(self, image: Any, heat: Any, label: Any, path: Path | None, on_source: bool):
+    def __init__(self, image: Any, heat: Any, label: Any, path: Path | None, on_source: bool, predicted: Any = None):
         self.image = image
         self.heat = heat
         self.label = label
         self.path = path
         self.on_source = on_source
+        shape = tuple(heat.shape[1:])
+        self.predicted = (predicted if predicted is not None else torch.zeros(1, *shape))[0] > 0.5
 
 
 def on_source_grid(image: torch.Tensor) -> bool:
@@ -92,17 +94,20 @@ def _original_scan(path: Path | None, like: Any) -> Any:
     return scan
 
 
-def to_source(image: Any, heat: torch.Tensor, label: torch.Tensor | None, transform: Any, key: str) -> SourceCase:
+def to_source(
+    image: Any, heat: torch.Tensor, label: torch.Tensor | None, transform: Any, key: str, *, predicted: Any = None
+) -> SourceCase:
     """Take one case (``image`` ``[C, *S]`` MetaTensor as the network saw it, its ``heat``
     ``[1, *S]`` and ``label``) back onto its scan's grid, through ``transform``'s inverse when the
     preprocessing moved voxels. Without ``transform`` such a case stays on the network's grid
     (``on_source`` False)."""
     path = _scan_file(image)
+    pred = None if predicted is None else plain(predicted).float()
     if on_source_grid(image):
         source = _original_scan(path, image)
-        return SourceCase(image if source is None else source, _with_meta(heat, image), label, path, True)
+        return SourceCase(image if source is None else source, _with_meta(heat, image), label, path, True, pred)
     if transform is None:
-        return SourceCase(image, _with_meta(heat, image), label, None, False)
+        return SourceCase(image, _with_meta(heat, image), label, None, False, pred)
     heat_src = _invert(heat, image, transform, key, nearest=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -110,4 +115,5 @@ def to_source(image: Any, heat: torch.Tensor, label: torch.Tensor | None, transf
         if source is None:
             source = _invert(plain(image)[:1].float(), image, transform, key, nearest=False)
         label_src = None if label is None else _invert(label.float(), image, transform, key, nearest=True)
-    return SourceCase(source, heat_src, None if label_src is None else plain(label_src), path, True)
+        pred_src = None if pred is None else plain(_invert(pred, image, transform, key, nearest=True))
+    return SourceCase(source, heat_src, None if label_src is None else plain(label_src), path, True, pred_src)

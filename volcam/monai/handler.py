@@ -53,7 +53,7 @@ else:
 __all__ = ["CAMHandler", "default_batch_transform", "default_output_transform", "overlay", "EXPORTS"]
 
 #: what the handler can write per case
-EXPORTS = ("nifti", "png", "figure")
+EXPORTS = ("nifti", "png", "figure", "viewer")
 
 
 def _require_ignite() -> None:
@@ -349,15 +349,17 @@ class CAMHandler:
                 targets = label_targets(self.targets, labels, device)
             else:
                 targets = self.targets
-            heat = cam.explain(x, targets).heat.detach().cpu()
-            del x
+            res = cam.explain(x, targets)
+            heat = res.heat.detach().cpu()
+            predicted = self._predicted(res.output.detach()).cpu()
+            del x, res
             for i, image in enumerate(images):
                 index = self._count + i
                 name = case_name(image, f"case_{index:03d}")
                 if name in self.written:
                     name = f"{name}_{index:03d}"
                 label = None if labels is None else plain(labels[i]).detach().cpu()
-                self.written[name] = self._export(engine, epoch, name, image, heat[i], label)
+                self.written[name] = self._export(engine, epoch, name, image, heat[i], label, predicted[i])
         self._count += n
 
     # ------------------------------------------------------------------ exports
@@ -380,6 +382,7 @@ class CAMHandler:
                 "heat_nifti": "nifti" in self.exports,
                 "pngs": "png" in self.exports,
                 "figure": figure if "figure" in self.exports else None,
+                "viewer": "viewer" in self.exports,
                 "raw_heat": not getattr(self.cam, "normalize", True),
                 "window": self.png_args.get("window", self.figure_args.get("window")),
                 "cmap": self.png_args.get("cmap", "jet"),
@@ -388,8 +391,26 @@ class CAMHandler:
             }
         )
 
+    def _predicted(self, output: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, *S]``: the region the network predicts as the explained class (any
+        foreground class when ``targets`` is not a class index)."""
+        c = self.targets if isinstance(self.targets, int) and not isinstance(self.targets, bool) else None
+        if output.ndim < 3:
+            return torch.zeros(output.shape[0], 1)
+        if output.shape[1] == 1:
+            return output[:, :1] > 0
+        winner = output.argmax(1, keepdim=True)
+        return winner == c if c is not None else winner > 0
+
     def _export(
-        self, engine: Any, epoch: int, name: str, image: torch.Tensor, heat: torch.Tensor, label: torch.Tensor | None
+        self,
+        engine: Any,
+        epoch: int,
+        name: str,
+        image: torch.Tensor,
+        heat: torch.Tensor,
+        label: torch.Tensor | None,
+        predicted: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """Write one case as ``volcam run`` does: ``heat`` ``[1, *S]`` on the grid of ``image``
         ``[C, *S]`` (both on the CPU) taken back to the scan's grid, into
@@ -416,7 +437,7 @@ class CAMHandler:
                     stacklevel=2,
                 )
             image = MetaTensor(image, affine=torch.eye(4, dtype=torch.float64))
-        src = to_source(image, heat, label, self.transform, self.image_key)
+        src = to_source(image, heat, label, self.transform, self.image_key, predicted=predicted)
         if not src.on_source and not self._warned:
             self._warned = True
             warnings.warn(
@@ -428,7 +449,7 @@ class CAMHandler:
             )
         if self.exports:
             outline = None if src.label is None else _foreground(src.label)
-            cls = ClassOutput(0, self.class_name, src.heat, torch.zeros(1), {})
+            cls = ClassOutput(0, self.class_name, src.heat, src.predicted, {})
             out = CaseOutput(Case(name, src.path or Path(name)), src.image, outline, False, [cls])
             exporter = CaseExporter(
                 self._settings(), method=self.method_cls.name, layer=_layer_names(self.target_layers)

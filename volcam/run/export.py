@@ -83,10 +83,73 @@ class CaseExporter:
             mask = None if label_region is None else self.outline(out, cls, label_region)
             fields = self._write_class(out, cls, cdir, figs, mask, folder)
             files.extend(fields.pop("_files"))
+            if out.case.series is not None:
+                files.extend(self._write_dicom(out, cls, cdir, folder))
+                cls.row["series"] = out.case.series.series.label()
             cls.row.update(
                 {k: (f"{out.case.id}/{v}" if k in ("heat_nifti", "figure") and v else v) for k, v in fields.items()}
             )
+        if self.outputs.viewer:
+            files.extend(self._write_viewer(out, folder, label_region))
         return files
+
+    def _write_dicom(self, out: CaseOutput, cls: ClassOutput, cdir: Path, root: Path) -> list[str]:
+        """The heat as a DICOM Parametric Map and SEG on the source series (``outputs.dicom``)."""
+        from volcam.io import dicom
+
+        written = []
+        if "pmap" in self.outputs.dicom:
+            path = dicom.save_parametric_map(
+                cls.heat,
+                out.case.series,
+                cdir / "heat_pmap.dcm",
+                raw=self.outputs.raw_heat,
+                series_description=f"volcam {self.method} {cls.name}"[:64],
+            )
+            written.append(path.relative_to(root).as_posix())
+        if "seg" in self.outputs.dicom:
+            path = dicom.save_seg(
+                cls.heat,
+                out.case.series,
+                cdir / "heat_seg.dcm",
+                threshold=self.outputs.dicom_threshold,
+                segmentation=cls.prediction.to(torch.uint8),
+                labels={1: f"predicted {cls.name}"},
+                series_description=f"volcam {self.method} {cls.name} regions"[:64],
+            )
+            written.append(path.relative_to(root).as_posix())
+        return written
+
+    def _write_viewer(self, out: CaseOutput, folder: Path, label_region: Any) -> list[str]:
+        """``viewer.html`` of the case (every class a layer) and a thumbnail per class."""
+        from volcam.figures.report import write_thumbnail
+        from volcam.figures.viewer import write_viewer
+
+        o = self.outputs
+        image = display_image(out.source, out.raster)
+        masks: dict[str, Any] = {}
+        for cls in out.classes:
+            masks[f"prediction: {cls.name}"] = cls.prediction
+            if out.label is not None and label_region is not None:
+                label = out.label.as_tensor() if hasattr(out.label, "as_tensor") else out.label
+                masks[f"reference: {cls.name}"] = label_region(label, cls.category)
+        heats = {cls.name: cls.heat for cls in out.classes}
+        stats = {cls.name: cls.row for cls in out.classes}
+        style = {"window": o.window, "cmap": o.cmap, "alpha": o.alpha, "convention": o.convention}
+        if out.raster:  # pixel units, the image's own layout
+            image = image.as_tensor()[0].numpy() if hasattr(image, "as_tensor") else image
+            heats = {k: v.as_tensor()[0].numpy() if hasattr(v, "as_tensor") else v for k, v in heats.items()}
+            masks = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in masks.items()}
+        title = f"{out.case.id} · {self.method} at {self.layer}" if self.method else out.case.id
+        written = [write_viewer(image, heats, folder / "viewer.html", masks=masks, stats=stats, title=title, **style)]
+        for cls in out.classes:
+            path = folder / cls.name / "thumbnail.png"
+            if out.raster:
+                written.append(_raster_thumbnail(self.figures(out), cls.heat, path))
+            else:
+                thumb = display_image(out.source, out.raster)
+                written.append(write_thumbnail(thumb, cls.heat, path, window=o.window, cmap=o.cmap, alpha=o.alpha))
+        return [Path(p).relative_to(folder).as_posix() for p in written]
 
     def _write_class(
         self, out: CaseOutput, cls: ClassOutput, cdir: Path, figs: Any, mask: Any, root: Path
