@@ -583,9 +583,8 @@ def test_every_registered_method_by_name(tmp_path, method):
 def test_the_handler_writes_what_volcam_run_writes_on_the_scans_grid(tmp_path):
     """PNGs and figure on the scan's grid (not the network's), a CT window that is not washed out,
     the label's outline, and a viewer page, for a preprocessing that resamples and rescales."""
-    from PIL import Image
-
     from monai.transforms import ScaleIntensityRanged, Spacingd
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     shape = (24, 20, 16)
