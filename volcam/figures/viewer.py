@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
+import volcam.figures.viewer_content as content
 from volcam.arrays import is_meta_tensor, spatial_array
 from volcam.checks import did_you_mean, fraction, in_range, one_of
 from volcam.errors import ArgumentError, ShapeError, ValueRangeError
-from volcam.figures import viewer_content as content
 from volcam.figures.render import _MAX_WINDOW_SAMPLES, _resolve_window
 from volcam.figures.viewer_data import FORMAT_VERSION, Summary, encode_case
 from volcam.geometry import Canonical, as_affine, axis_codes, same_grid
