@@ -124,7 +124,7 @@ def check_parameters(model: nn.Module) -> None:
             f"the model's parameters must be ordinary tensors, not inference tensors created under "
             f"torch.inference_mode() ({shown}); gradient methods cannot use them. Build or load the model "
             "outside inference mode, or replace them by clones made outside it: "
-            "`model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})`"
+            "`model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)`"
         )
 
 

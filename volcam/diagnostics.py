@@ -194,7 +194,7 @@ def report(
         findings: from :func:`read_evidence`.
         input_size, output_size: number of values of the input and of the model output.
         targets: a description of each target, for the messages.
-        stacklevel: of the warnings, counted from the caller of this function.
+        stacklevel: of the warnings, as ``warnings.warn`` counts it from this function.
 
     Raises:
         ValueRangeError: the input (or, for a finite input, the model output) holds NaN or
@@ -236,7 +236,7 @@ def report(
                 "class, or the mask selects none); their CAM is all zero. Pass a mask or another category to "
                 "explain them.",
                 EmptyTargetWarning,
-                stacklevel=stacklevel + 1,
+                stacklevel=stacklevel,
             )
     others = [n for n in notes if n.reason != "empty_target"]
     for reason in _WHY:
@@ -248,6 +248,6 @@ def report(
                 f"the map of {_who(samples, t, n_targets)} is empty (all zero): "
                 f"{_WHY[reason].format(layer=layer)}; {_ADVICE[reason]}",
                 EmptyMapWarning,
-                stacklevel=stacklevel + 1,
+                stacklevel=stacklevel,
             )
     return notes

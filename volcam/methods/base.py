@@ -231,7 +231,7 @@ class BaseCAM:
         self, x: torch.Tensor, targets: TargetSpec = None, *, aug_smooth: Any = None, eigen_smooth: bool | None = None
     ) -> torch.Tensor:
         """The heat map ``[B, 1, *S]`` of ``x`` (``[B, C, *S]``); see :meth:`explain`."""
-        return self.explain(x, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth).heat
+        return self._explain_one(x, targets, aug_smooth, eigen_smooth, stacklevel=3).heat
 
     def explain(
         self, x: torch.Tensor, targets: TargetSpec = None, *, aug_smooth: Any = None, eigen_smooth: bool | None = None
@@ -262,7 +262,20 @@ class BaseCAM:
             >>> res = cam.explain(x, targets=volcam.SegmentationTarget(1))  # doctest: +SKIP
             >>> res.heat.shape, res.notes                                   # doctest: +SKIP
         """
-        res = run(self, x, [targets], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, class_chunk=None)
+        return self._explain_one(x, targets, aug_smooth, eigen_smooth, stacklevel=3)
+
+    def _explain_one(
+        self, x: torch.Tensor, targets: TargetSpec, aug_smooth: Any, eigen_smooth: bool | None, *, stacklevel: int
+    ) -> CAMResult:
+        res = run(
+            self,
+            x,
+            [targets],
+            aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
+            class_chunk=None,
+            stacklevel=stacklevel + 1,
+        )
         if res.scores is not None:
             res.scores = res.scores[:, 0]
         return res
@@ -302,6 +315,18 @@ class BaseCAM:
             >>> res = cam.explain_targets(x, [1, 2, volcam.SegmentationTarget(3, mask="all")])  # doctest: +SKIP
             >>> res.heat.shape   # [B, 3, *S]                                                # doctest: +SKIP
         """
+        return self._explain_many(x, targets, class_chunk, aug_smooth, eigen_smooth, stacklevel=3)
+
+    def _explain_many(
+        self,
+        x: torch.Tensor,
+        targets: Sequence[TargetSpec],
+        class_chunk: int | None,
+        aug_smooth: Any,
+        eigen_smooth: bool | None,
+        *,
+        stacklevel: int,
+    ) -> CAMResult:
         if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence) or not len(targets):
             raise ArgumentError(
                 f"`targets` must be a non-empty list of target specifications, not {targets!r}", name="targets"
@@ -313,6 +338,7 @@ class BaseCAM:
             aug_smooth=aug_smooth,
             eigen_smooth=eigen_smooth,
             class_chunk=_class_chunk(class_chunk),
+            stacklevel=stacklevel + 1,
         )
 
     def explain_classes(
@@ -358,7 +384,7 @@ class BaseCAM:
             specs: list[TargetSpec] = [SegmentationTarget(c, mask=masks.get(c), activation=activation) for c in classes]
         else:
             specs = [SegmentationTarget(c, mask=masks, activation=activation) for c in classes]
-        return self.explain_targets(x, specs, class_chunk=class_chunk, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+        return self._explain_many(x, specs, class_chunk, aug_smooth, eigen_smooth, stacklevel=3)
 
 
 def channel_mean(t: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,7 @@ def _warn_training(cam: Any, model: nn.Module, stacklevel: int) -> None:
             f"the model is in training mode: dropout and batch statistics can make its maps change from call "
             f"to call; call model.eval() before explaining (warned once per {type(cam).__name__} object)",
             TrainingModeWarning,
-            stacklevel=stacklevel + 1,
+            stacklevel=stacklevel,
         )
 
 
@@ -106,7 +106,7 @@ def _select_calls(cam: Any, state: Captured, stacklevel: int) -> tuple[list[torc
                     "the map explains its last call. Pass `layer_call=` (0-based, negative counts from the end) "
                     "to choose a call, or layer_call='error' to refuse such layers",
                     LayerCallWarning,
-                    stacklevel=stacklevel + 1,
+                    stacklevel=stacklevel,
                 )
         elif cam.layer_call == "error":
             if n > 1:
@@ -333,7 +333,7 @@ def run(
     aug_smooth: Any,
     eigen_smooth: bool | None,
     class_chunk: int | None,
-    stacklevel: int = 3,
+    stacklevel: int = 2,
 ) -> CAMResult:
     """One :meth:`~volcam.BaseCAM.explain_targets` call of ``cam``: the computation (with
     ``aug_smooth`` if asked), then the checks, warnings and notes."""
@@ -349,13 +349,13 @@ def run(
 
         result, evidence = explain_augmented(one, cam.combine_layers, x, specs, settings)
     else:
-        result, evidence = compute([cam], x, specs, eigen_smooth=eigen, class_chunk=chunk, stacklevel=stacklevel)[0]
+        result, evidence = compute([cam], x, specs, eigen_smooth=eigen, class_chunk=chunk, stacklevel=stacklevel + 1)[0]
     findings = read_evidence(evidence, result.heat)
     result.notes = report(
         findings,
         input_size=x.numel(),
         output_size=result.output.numel(),
         targets=[describe_target(s) for s in specs],
-        stacklevel=stacklevel,
+        stacklevel=stacklevel + 1,
     )
     return result
