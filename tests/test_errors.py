@@ -164,5 +164,6 @@ def test_inference_mode_is_refused():
 
 
 def test_scorecam_batch_size_is_checked():
-    with pytest.raises(volcam.VolcamError, match="positive int, not 0"):
+    with pytest.raises(volcam.ArgumentError, match="`batch_size` must be a positive int or None, not 0") as info:
         volcam.ScoreCAM(TinySeg(2), "feat", batch_size=0)
+    assert isinstance(info.value, ValueError) and info.value.name == "batch_size"

@@ -149,7 +149,7 @@ def test_views_identity_first_and_bounded():
     assert len(AugSmooth(flips="all", scales=(1.0, 0.9, 1.1)).views(3)) == 24
     assert [v.flips for v in AugSmooth(flips="single", scales=(1.0,)).views(2)] == [(), (0,), (1,)]
     assert [v.flips for v in AugSmooth(flips=[(1, -1), (0,)], scales=(1.0,)).views(3)] == [(), (1, 2), (0,)]
-    with pytest.raises(volcam.ConfigError, match="at most `max_views` = 32 views, not 40"):
+    with pytest.raises(volcam.ArgumentError, match="at most `max_views` = 32 views, not 40"):
         AugSmooth(flips="all", scales=(1.0, 0.8, 0.9, 1.1, 1.2)).views(3)
 
 
@@ -200,16 +200,26 @@ def test_constructor_defaults_and_call_overrides():
 def test_bad_settings_are_reported():
     model = Pyramid.pair()[0]
     x = torch.randn(1, 1, 8, 8)
-    with pytest.raises(volcam.ConfigError, match="`aug_smooth` must be True, False, a volcam.smoothing.AugSmooth or"):
+    # from Python: ArgumentError (a ValueError) naming the argument
+    with pytest.raises(volcam.ArgumentError, match="`aug_smooth` must be True, False, a volcam.smoothing.AugSmooth or"):
         volcam.GradCAM(model, "down")(x, targets=1, aug_smooth="yes")
+    with pytest.raises(
+        volcam.ArgumentError, match=r"`flips` must be one of \['single', 'all', 'none'\], not 'diagonal'"
+    ):
+        AugSmooth(flips="diagonal")
+    with pytest.raises(volcam.ArgumentError, match=r"spatial axes in \[0, 1\] .* not \(2,\)") as info:
+        volcam.GradCAM(model, "down")(x, targets=1, aug_smooth=AugSmooth(flips=[(2,)]))
+    assert info.value.name == "flips" and isinstance(info.value, ValueError)
+    with pytest.raises(volcam.ArgumentError, match="`scales` must be positive"):
+        AugSmooth(scales=(1.0, -1.1))
+    with pytest.raises(volcam.ArgumentError, match="`batch_size` must be a positive int or None, not 0"):
+        AugSmooth(batch_size=0)
+    # from a configuration file (a dict): ConfigError naming the key
     with pytest.raises(volcam.ConfigError, match="must be AugSmooth arguments, not {'flip': 'all'}"):
         volcam.GradCAM(model, "down")(x, targets=1, aug_smooth={"flip": "all"})
-    with pytest.raises(volcam.ConfigError, match="`flips` must be 'single', 'all', 'none'"):
-        AugSmooth(flips="diagonal")
-    with pytest.raises(volcam.ConfigError, match=r"spatial axes in \[0, 1\] .* not \(2,\)"):
-        volcam.GradCAM(model, "down")(x, targets=1, aug_smooth=AugSmooth(flips=[(2,)]))
-    with pytest.raises(volcam.ConfigError, match="`scales` must be positive"):
-        AugSmooth(scales=(1.0, -1.1))
+    with pytest.raises(volcam.ConfigError, match="`scales` must be positive") as info:
+        volcam.GradCAM(model, "down")(x, targets=1, aug_smooth={"scales": [1.0, -1.0]})
+    assert info.value.key == "aug_smooth.scales"
 
 
 def test_empty_mask_warns_once_with_the_sample_index():

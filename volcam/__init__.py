@@ -10,15 +10,24 @@ matplotlib or ignite only then.
 """
 
 from volcam.errors import (
+    ArgumentError,
     ConfigError,
+    EmptyMapWarning,
+    EmptyTargetWarning,
     ImageReadError,
+    LayerCallError,
+    LayerCallWarning,
     LayerNotFoundError,
     LayerNotReachedError,
     MethodNotFoundError,
+    ModelStateError,
     SelectorError,
     ShapeError,
     TargetError,
+    TrainingModeWarning,
+    ValueRangeError,
     VolcamError,
+    VolcamWarning,
 )
 from volcam.methods import (
     ATTENTION_METHODS,
@@ -39,6 +48,7 @@ from volcam.methods import (
     get_method,
     register_method,
 )
+from volcam.result import MapNote
 from volcam.targets import ClassifierTarget, SegmentationTarget
 
 __version__ = "0.1.0"
@@ -73,10 +83,20 @@ __all__ = [
     "MethodNotFoundError",
     "ConfigError",
     "ImageReadError",
+    "ArgumentError",
+    "ValueRangeError",
+    "ModelStateError",
+    "LayerCallError",
+    "VolcamWarning",
+    "EmptyTargetWarning",
+    "EmptyMapWarning",
+    "TrainingModeWarning",
+    "LayerCallWarning",
+    "MapNote",
 ]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     # sliding.py builds on MONAI's inferer; imported on first use to keep `import volcam` light.
     if name == "sliding_window_cam":
         from volcam.sliding import sliding_window_cam

@@ -157,3 +157,17 @@ class TrainingModeWarning(VolcamWarning):
 
 class LayerCallWarning(VolcamWarning):
     """A target layer ran more than once in one forward pass (weight sharing, recurrence)."""
+
+
+class ModelStateError(VolcamError, RuntimeError):
+    """The model or the calling context does not allow a CAM to be computed (gradients are
+    needed under ``torch.inference_mode()``, or the parameters were created under it); the
+    message says what to do."""
+
+
+class LayerCallError(VolcamError, RuntimeError):
+    """A target layer ran more than once in one forward pass and ``layer_call="error"`` asked
+    for that to be refused, or ``layer_call`` names a call that did not happen."""
+
+
+__all__ += ["ModelStateError", "LayerCallError"]

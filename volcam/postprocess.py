@@ -38,16 +38,23 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode=_MODES[n], align_corners=False)
 
 
-def normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Min-max normalise each sample of ``[B, C, *S]`` to [0, 1] over its spatial axes.
+def normalize(maps: torch.Tensor, rtol: float = 1e-5) -> torch.Tensor:
+    """Min-max normalise each map of ``[B, C, *S]`` to [0, 1] over its spatial axes.
 
-    A constant map (for example all zero after an empty mask) becomes all zero, never NaN.
+    A map whose spread ``max - min`` is at most ``rtol`` times its magnitude
+    ``max(|min|, |max|)`` counts as constant and becomes all zero, never NaN: a constant
+    map keeps a spread of a few float32 ulps after upsampling (about 1e-7 of its value),
+    which must not be stretched into structure. The default ``rtol`` (1e-5) is some 80
+    ulps; a map that really varies by less than that relative to its offset (only
+    possible with ``relu=False``) is treated as constant too.
     """
     dims = spatial_dims(maps)
     lo = maps.amin(dim=dims, keepdim=True)
     hi = maps.amax(dim=dims, keepdim=True)
     span = hi - lo
-    return torch.where(span > eps, (maps - lo) / span.clamp_min(eps), torch.zeros_like(maps))
+    scale = torch.maximum(lo.abs(), hi.abs())
+    flat = span <= rtol * scale
+    return torch.where(flat, torch.zeros_like(maps), (maps - lo) / torch.where(flat, torch.ones_like(span), span))
 
 
 def aggregate(

@@ -19,7 +19,7 @@ import torch
 
 from volcam.errors import SelectorError
 
-Selector = None | int | str | tuple | Callable[[Any], torch.Tensor]
+Selector = None | int | str | tuple[int | str, ...] | Callable[[Any], torch.Tensor]
 
 __all__ = ["Selector", "select", "replace", "describe"]
 
@@ -35,7 +35,7 @@ def describe(obj: Any) -> str:
     return type(obj).__name__
 
 
-def _path(selector: Selector) -> tuple:
+def _path(selector: Selector) -> tuple[int | str, ...]:
     if selector is None:
         return ()
     if isinstance(selector, (int, str)) and not isinstance(selector, bool):
@@ -96,7 +96,7 @@ def _replace_identity(obj: Any, old: torch.Tensor, new: torch.Tensor) -> tuple[A
             out[k] = v
         if not found:
             return obj, False
-        return (out if type(obj) is dict else type(obj)(out)), True
+        return (out if type(obj) is dict else _same_mapping(obj, out)), True
     if isinstance(obj, (tuple, list)):
         items, found = [], False
         for v in obj:
@@ -109,7 +109,12 @@ def _replace_identity(obj: Any, old: torch.Tensor, new: torch.Tensor) -> tuple[A
     return obj, False
 
 
-def _rebuild(seq: tuple | list, items: list) -> tuple | list:
+def _same_mapping(original: Mapping[Any, Any], items: dict[Any, Any]) -> Any:
+    """``items`` in a mapping of the type of ``original`` (OrderedDict, ModuleDict outputs...)."""
+    return type(original)(items)  # type: ignore[call-arg]
+
+
+def _rebuild(seq: tuple[Any, ...] | list[Any], items: list[Any]) -> tuple[Any, ...] | list[Any]:
     if isinstance(seq, list):
         return items
     if hasattr(seq, "_fields"):  # namedtuple
@@ -117,14 +122,16 @@ def _rebuild(seq: tuple | list, items: list) -> tuple | list:
     return type(seq)(items)
 
 
-def _replace_path(obj: Any, path: tuple, new: torch.Tensor) -> Any:
+def _replace_path(obj: Any, path: tuple[int | str, ...], new: torch.Tensor) -> Any:
     if not path:
         return new
     key, rest = path[0], path[1:]
     if isinstance(obj, Mapping):
         out = dict(obj)
         out[key] = _replace_path(obj[key], rest, new)
-        return out if type(obj) is dict else type(obj)(out)
+        return out if type(obj) is dict else _same_mapping(obj, out)
+    if not isinstance(key, int):
+        raise SelectorError(f"selector key {key!r} must be an int for {describe(obj)}")
     items = list(obj)
     items[key] = _replace_path(obj[key], rest, new)
     return _rebuild(obj, items)
@@ -138,6 +145,8 @@ def replace(obj: Any, selector: Selector, new: torch.Tensor, *, old: torch.Tenso
     picked) is located by identity.
     """
     if callable(selector) and not isinstance(selector, (int, str, tuple)):
+        if old is None:
+            raise SelectorError(f"the callable selector {selector!r} needs the tensor it picked to put `new` back")
         out, found = _replace_identity(obj, old, new)
         if not found:
             raise SelectorError(

@@ -140,7 +140,7 @@ def sliding_window_cam(
     window_cam = copy.copy(cam)
     window_cam.normalize = False
     window_cam.upsample = True
-    sw = dict(
+    sw: dict[str, Any] = dict(
         roi_size=roi_size,
         sw_batch_size=sw_batch_size,
         overlap=overlap,
@@ -167,17 +167,18 @@ def sliding_window_cam(
         cats = default_target(_plain(pred)).categories.tolist()
         per_sample = [SegmentationTarget(int(cats[b])) if t is None else t for b, t in enumerate(per_sample)]
 
-    categories = [t.category for t in per_sample]
+    chosen = [t for t in per_sample if t is not None]
+    categories = [t.category for t in chosen]
     # per sample: None (the region each window predicts), "all", or "tensor" (a user mask)
-    kinds = ["tensor" if t.mask is not None and not isinstance(t.mask, str) else t.mask for t in per_sample]
-    activations = [t.activation for t in per_sample]
+    kinds = ["tensor" if t.mask is not None and not isinstance(t.mask, str) else t.mask for t in chosen]
+    activations = [t.activation for t in chosen]
     inputs = x
     if any(k == "tensor" for k in kinds):
         # user masks travel as one extra input channel (shifted by cval so that constant
         # padding gives a zero mask) and are split off inside the predictor
         chans = [
             _mask_channel(t.mask, x, b) if k == "tensor" else torch.zeros((1, *x.shape[2:]), device=x.device)
-            for b, (t, k) in enumerate(zip(per_sample, kinds))
+            for b, (t, k) in enumerate(zip(chosen, kinds))
         ]
         inputs = torch.cat([x, torch.stack(chans).to(x.dtype) + cval], dim=1)
 
@@ -186,6 +187,7 @@ def sliding_window_cam(
         win_x = window[:, :channels]
         win_targets = []
         for i, b in enumerate(rows):
+            mask: torch.Tensor | str | None
             if kinds[b] == "tensor":
                 mask = window[i : i + 1, channels] - cval
             else:

@@ -7,9 +7,10 @@
 Each *view* of the input ``x`` ``[B, C, *S]`` is a flip along some spatial axes and a
 zoom about the centre on the same grid (``scale > 1`` magnifies: the view shows the
 central ``1/scale`` of the field of view; ``scale < 1`` shrinks it and pads the rim).
-All views go through **one** batched :meth:`~volcam.methods.base.BaseCAM.explain` call
-(``V * B`` rows; ``batch_size`` splits it into whole views), so the cost is about ``V``
-forward (and partial backward) passes. Every map is taken back through the inverse
+All views go through **one** batched computation of the engine (``V * B`` rows;
+``batch_size`` splits it into whole views), so the cost is about ``V`` forward (and
+partial backward) passes. Several targets (:meth:`~volcam.BaseCAM.explain_classes`) share
+those passes. Every map is taken back through the inverse
 transform (flip back, inverse zoom with a coverage weight) and the maps are averaged
 voxel by voxel over the views that see the voxel:
 
@@ -18,14 +19,16 @@ voxel by voxel over the views that see the voxel:
 The target is bound once, on the un-augmented view (which is always the first view):
 its class and its mask (the predicted region by default, or the user's mask) are
 carried into every view with the view's own transform, so all views explain the same
-class over the same voxels. A callable target that is not a
-:class:`~volcam.SegmentationTarget` / :class:`~volcam.ClassifierTarget` cannot be
-transformed and is applied to each view's output as it is.
+class over the same voxels. A target that does not bind to a category and a mask (a
+plain callable) cannot be transformed and is applied to each view's output as it is.
 
 The averaging acts on the raw maps of each target layer, at the layer's resolution
 (``res.layer_maps``, ReLU applied, not normalised); the averaged layer maps then go
 through the method's usual upsampling, normalisation and layer aggregation
-(:meth:`~volcam.methods.base.BaseCAM.combine_layers`), once. ``res.output`` and
+(:meth:`~volcam.methods.base.BaseCAM.combine_layers`), once.
+
+This module sits below the engine: the engine hands it the function that computes one
+batch of views, and it returns the averaged result with the evidence the engine checks. ``res.output`` and
 ``res.scores`` are those of the un-augmented input.
 
 Flips are exact permutations of voxels; zooms resample with N-linear interpolation
@@ -39,18 +42,20 @@ flip-only smoothing as without.
 from __future__ import annotations
 
 import itertools
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from volcam.errors import ConfigError
-from volcam.targets import BoundTarget, SegmentationTarget, _PerSample, resolve_targets, warn_empty
+from volcam.checks import one_of, positive_int
+from volcam.diagnostics import Evidence, merge_views
+from volcam.errors import ArgumentError, ConfigError
+from volcam.result import CAMResult
+from volcam.targets import BoundTarget, Scorer, TargetSpec, _PerSample, empty_rows, resolve_targets
 
-__all__ = ["AugSmooth", "View", "explain_augmented", "apply_view", "invert_view"]
+__all__ = ["AugSmooth", "View", "as_settings", "explain_augmented", "apply_view", "invert_view"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,9 @@ class AugSmooth:
         max_views: the largest number of views (flips x scales) accepted.
         padding_mode: how zoomed-out views fill the rim (``grid_sample``'s
             ``"border"``, ``"zeros"`` or ``"reflection"``).
+
+    Raises:
+        ArgumentError: for a bad argument (naming it).
     """
 
     def __init__(
@@ -90,35 +98,30 @@ class AugSmooth:
         max_views: int = 32,
         padding_mode: str = "border",
     ):
-        if isinstance(flips, str) and flips not in ("single", "all", "none"):
-            raise ConfigError(
-                f"`flips` must be 'single', 'all', 'none' or a list of axis tuples, not {flips!r}", key="flips"
-            )
-        if not isinstance(flips, str):
+        parsed: str | list[tuple[int, ...]]
+        if isinstance(flips, str):
+            parsed = one_of(flips, ("single", "all", "none"), "flips")
+        else:
             try:
-                flips = [tuple(int(a) for a in f) for f in flips]
-            except TypeError as err:
-                raise ConfigError(
-                    f"`flips` must be a list of tuples of spatial axes, not {flips!r}", key="flips"
+                parsed = [tuple(int(a) for a in f) for f in flips]
+            except (TypeError, ValueError) as err:
+                raise ArgumentError(
+                    f"`flips` must be 'single', 'all', 'none' or a list of tuples of spatial axes, not {flips!r}",
+                    name="flips",
                 ) from err
         try:
-            scales = [float(s) for s in scales]
+            values = [float(s) for s in scales]
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"`scales` must be a sequence of positive numbers, not {scales!r}", key="scales") from err
-        if any(not s > 0 for s in scales):
-            raise ConfigError(f"`scales` must be positive numbers, not {scales!r}", key="scales")
-        bad_batch = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        if batch_size is not None and bad_batch:
-            raise ConfigError(f"`batch_size` must be a positive int or None, not {batch_size!r}", key="batch_size")
-        if padding_mode not in ("border", "zeros", "reflection"):
-            raise ConfigError(
-                f"`padding_mode` must be 'border', 'zeros' or 'reflection', not {padding_mode!r}", key="padding_mode"
-            )
-        self.flips = flips
-        self.scales = [1.0] + [s for s in dict.fromkeys(scales) if s != 1.0]
-        self.batch_size = batch_size
-        self.max_views = max_views
-        self.padding_mode = padding_mode
+            raise ArgumentError(
+                f"`scales` must be a sequence of positive numbers, not {scales!r}", name="scales"
+            ) from err
+        if any(not s > 0 for s in values):
+            raise ArgumentError(f"`scales` must be positive numbers, not {scales!r}", name="scales")
+        self.flips = parsed
+        self.scales = [1.0] + [s for s in dict.fromkeys(values) if s != 1.0]
+        self.batch_size = positive_int(batch_size, "batch_size", allow_none=True)
+        self.max_views = positive_int(max_views, "max_views")
+        self.padding_mode = one_of(padding_mode, ("border", "zeros", "reflection"), "padding_mode")
 
     def __repr__(self) -> str:
         return f"AugSmooth(flips={self.flips!r}, scales={self.scales})"
@@ -126,33 +129,58 @@ class AugSmooth:
     def views(self, spatial_ndim: int) -> list[View]:
         """The views for inputs with ``spatial_ndim`` spatial axes; the identity first."""
         axes = range(spatial_ndim)
+        sets: list[tuple[int, ...]]
         if self.flips == "none":
             sets = [()]
         elif self.flips == "single":
             sets = [()] + [(a,) for a in axes]
         elif self.flips == "all":
             sets = [c for r in range(spatial_ndim + 1) for c in itertools.combinations(axes, r)]
-        else:
+        elif not isinstance(self.flips, str):
             sets = [()]
             for f in self.flips:
                 bad = [a for a in f if not -spatial_ndim <= a < spatial_ndim]
                 if bad:
-                    raise ConfigError(
+                    raise ArgumentError(
                         f"`flips` must name spatial axes in [0, {spatial_ndim - 1}] for an input with "
                         f"{spatial_ndim} spatial axes, not {f!r}",
-                        key="flips",
+                        name="flips",
                     )
                 norm = tuple(sorted({a % spatial_ndim for a in f}))
                 if norm not in sets:
                     sets.append(norm)
         views = [View(f, s) for s in self.scales for f in sets]
         if len(views) > self.max_views:
-            raise ConfigError(
+            raise ArgumentError(
                 f"aug_smooth must use at most `max_views` = {self.max_views} views, not {len(views)} "
                 f"({len(sets)} flips x {len(self.scales)} scales); use fewer flips or scales, or raise max_views",
-                key="max_views",
+                name="max_views",
             )
         return views
+
+
+def as_settings(aug_smooth: Any) -> AugSmooth:
+    """``aug_smooth`` as an :class:`AugSmooth`: True (the defaults), an :class:`AugSmooth`,
+    or a dict of its arguments (from a configuration file: bad values raise
+    :class:`~volcam.errors.ConfigError` naming ``aug_smooth.<argument>``)."""
+    if aug_smooth is True:
+        return AugSmooth()
+    if isinstance(aug_smooth, AugSmooth):
+        return aug_smooth
+    if isinstance(aug_smooth, Mapping):
+        try:
+            return AugSmooth(**aug_smooth)
+        except TypeError as err:
+            raise ConfigError(
+                f"`aug_smooth` settings must be AugSmooth arguments, not {dict(aug_smooth)!r}", key="aug_smooth"
+            ) from err
+        except ArgumentError as err:
+            raise ConfigError(str(err), key=f"aug_smooth.{err.name}") from err
+    raise ArgumentError(
+        "`aug_smooth` must be True, False, a volcam.smoothing.AugSmooth or a dict of its arguments, "
+        f"not {aug_smooth!r}",
+        name="aug_smooth",
+    )
 
 
 # ---------------------------------------------------------------------------------- transforms
@@ -198,113 +226,113 @@ def invert_view(maps: torch.Tensor, view: View) -> tuple[torch.Tensor, torch.Ten
 
 # ---------------------------------------------------------------------------------- targets
 class _Binder:
-    """Binds the user's targets once, on the un-augmented rows, and carries them into views."""
+    """Binds one of the user's targets once, on the un-augmented rows, and carries it into views."""
 
-    def __init__(self, targets: Any, batch: int):
-        self.targets = targets
+    def __init__(self, target: TargetSpec, batch: int):
+        self.target = target
         self.batch = batch
-        self.bound: Any = None
+        self.bound: Scorer | None = None
 
-    def bind(self, output: torch.Tensor, views: list[View]) -> Any:
+    def bind(self, output: torch.Tensor, views: list[View]) -> Scorer:
         if self.bound is None:  # the first chunk starts with the identity view
-            self.bound = resolve_targets(self.targets, output[: self.batch])
+            self.bound = resolve_targets(self.target, output[: self.batch])
         b = self.bound
         if isinstance(b, BoundTarget):
             cats = b.categories.repeat(len(views))
             if b.masks is None:
                 return BoundTarget(cats, None)
-            m = b.masks.unsqueeze(1)
+            m = b.masks.unsqueeze(1).float()
             masks = torch.cat([apply_view(m, v, mode="nearest", padding_mode="zeros") for v in views])[:, 0]
             return BoundTarget(cats, masks)
         if isinstance(b, _PerSample):
             return _PerSample(list(b.fns) * len(views))
-        return b  # _Callable: applied to every view's output as it is
+        return b  # a user callable: applied to every view's output as it is
 
 
-class _ViewTarget(SegmentationTarget):
-    """The target of one chunk of views: binding goes through the shared :class:`_Binder`."""
+class _ViewTarget:
+    """The target of one chunk of views (a :class:`~volcam.targets.Target`): binding goes
+    through the shared :class:`_Binder`."""
 
     def __init__(self, binder: _Binder, views: list[View]):
-        super().__init__(0)
         self.binder = binder
         self.views = views
 
     def __repr__(self) -> str:
-        return f"_ViewTarget({self.binder.targets!r}, views={len(self.views)})"
+        return f"_ViewTarget({self.binder.target!r}, views={len(self.views)})"
 
-    def bind(self, output: torch.Tensor) -> Any:
+    def bind(self, output: torch.Tensor) -> Scorer:
         return self.binder.bind(output, self.views)
-
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        return self.bind(output)(output)
 
 
 # ---------------------------------------------------------------------------------- engine
-def explain_augmented(cam: Any, x: torch.Tensor, targets: Any, aug_smooth: Any, *, eigen_smooth: bool = False):
-    """:meth:`BaseCAM.explain` with ``aug_smooth``: see the module docstring.
+Compute = Callable[[torch.Tensor, list[Any]], tuple[CAMResult, Evidence]]
+
+
+def explain_augmented(
+    compute: Compute,
+    combine_layers: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    targets: Sequence[TargetSpec],
+    settings: AugSmooth,
+) -> tuple[CAMResult, Evidence]:
+    """The engine's computation with ``aug_smooth``: see the module docstring.
 
     Args:
-        cam: the method instance.
+        compute: one un-augmented computation ``(inputs [V * B, C, *S], targets) -> (result, evidence)``.
+        combine_layers: the method's aggregation of raw layer maps into the heat.
         x: ``[B, C, *S]``.
-        targets: as for ``explain``.
-        aug_smooth: True (default :class:`AugSmooth`), an :class:`AugSmooth`, or a dict of
-            its arguments (config files).
+        targets: ``T`` target specifications.
+        settings: the views.
 
     Returns:
-        :class:`~volcam.methods.base.CAMResult`; ``layer_maps`` are the averaged raw maps.
+        The :class:`~volcam.result.CAMResult` (``layer_maps`` are the averaged raw maps
+        ``[B, T, *S_layer]``) and the evidence of all views together.
     """
-    from volcam.methods.base import CAMResult  # base imports this module lazily
-
-    if aug_smooth is True:
-        settings = AugSmooth()
-    elif isinstance(aug_smooth, AugSmooth):
-        settings = aug_smooth
-    elif isinstance(aug_smooth, Mapping):  # from a config file: {"flips": "all", "scales": [1.0, 1.1]}
-        try:
-            settings = AugSmooth(**aug_smooth)
-        except TypeError as err:
-            raise ConfigError(
-                f"`aug_smooth` settings must be AugSmooth arguments, not {dict(aug_smooth)!r}", key="aug_smooth"
-            ) from err
-    else:
-        raise ConfigError(
-            "`aug_smooth` must be True, False, a volcam.smoothing.AugSmooth or a dict of its arguments, "
-            f"not {aug_smooth!r}",
-            key="aug_smooth",
-        )
     views = settings.views(x.ndim - 2)
     batch = x.shape[0]
     per_call = len(views) if settings.batch_size is None else max(1, settings.batch_size // batch)
-    binder = _Binder(targets, batch)
-    layer_sums: list = []
-    layer_covers: list = []
-    first = None
-    with warnings.catch_warnings():
-        # empty masks are reported once below, with the samples' own indices
-        warnings.filterwarnings("ignore", message="the target mask of sample", category=RuntimeWarning)
-        for start in range(0, len(views), per_call):
-            chunk = views[start : start + per_call]
-            inputs = torch.cat([apply_view(x, v, padding_mode=settings.padding_mode).to(x.dtype) for v in chunk])
-            res = cam.explain(inputs, _ViewTarget(binder, chunk), aug_smooth=False, eigen_smooth=eigen_smooth)
-            if first is None:
-                first = res
-                layer_sums = [0.0] * len(res.layer_maps)
-                layer_covers = [0.0] * len(res.layer_maps)
-            for i, v in enumerate(chunk):
-                rows = slice(i * batch, (i + 1) * batch)
-                for j, lm in enumerate(res.layer_maps):
-                    m, c = invert_view(lm[rows], v)
+    binders = [_Binder(t, batch) for t in targets]
+    layer_sums: list[torch.Tensor] = []
+    layer_covers: list[torch.Tensor] = []
+    first: CAMResult | None = None
+    evidence: list[Evidence] = []
+    for start in range(0, len(views), per_call):
+        chunk = views[start : start + per_call]
+        inputs = torch.cat([apply_view(x, v, padding_mode=settings.padding_mode).to(x.dtype) for v in chunk])
+        res, ev = compute(inputs, [_ViewTarget(b, chunk) for b in binders])
+        evidence.append(ev)
+        if first is None:
+            first = res
+        for i, v in enumerate(chunk):
+            rows = slice(i * batch, (i + 1) * batch)
+            for j, lm in enumerate(res.layer_maps):
+                m, c = invert_view(lm[rows], v)
+                if len(layer_sums) <= j:
+                    layer_sums.append(m)
+                    layer_covers.append(c)
+                else:
                     layer_sums[j] = layer_sums[j] + m
                     layer_covers[j] = layer_covers[j] + c
+    if first is None:
+        raise ArgumentError("aug_smooth must have at least one view", name="aug_smooth")
     with torch.no_grad():
         layer_maps = [s / c.clamp_min(1e-6) for s, c in zip(layer_sums, layer_covers)]
-        heat = cam.combine_layers(layer_maps, x)
-    if hasattr(binder.bound, "empty"):
-        warn_empty(binder.bound)
-    return CAMResult(
+        heat = combine_layers(layer_maps, x)
+    merged = merge_views(evidence, len(views), batch)
+    merged.nonfinite_input = (~torch.isfinite(x)).sum() if x.is_floating_point() else torch.zeros((), dtype=torch.long)
+    merged.nonfinite_output = (~torch.isfinite(first.output[:batch])).sum()
+    merged.empty_target = torch.stack(
+        [
+            empty_rows(b.bound, batch, x.device) if b.bound is not None else merged.empty_target[:, i]
+            for i, b in enumerate(binders)
+        ],
+        1,
+    )
+    result = CAMResult(
         heat=heat,
         output=first.output[:batch],
         layer_maps=layer_maps,
         scores=first.scores[:batch] if first.scores is not None else None,
         layer_names=first.layer_names,
     )
+    return result, merged

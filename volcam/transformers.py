@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from volcam.errors import ShapeError, VolcamError
+from volcam.errors import ArgumentError, ShapeError
 
 __all__ = [
     "TokenGrid",
@@ -49,7 +50,7 @@ __all__ = [
 def _sizes(name: str, value: int | Sequence[int], ndim: int | None = None) -> tuple[int, ...]:
     sizes = (value,) * (ndim or 1) if isinstance(value, int) else tuple(value)
     if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise VolcamError(f"`{name}` must be positive ints, one per spatial axis, not {value!r}")
+        raise ArgumentError(f"`{name}` must be positive ints, one per spatial axis, not {value!r}")
     return sizes
 
 
@@ -124,7 +125,7 @@ class SwinWindows:
         window = _sizes("window_size", window_size, n)
         shift = (shift_size,) * n if isinstance(shift_size, int) else tuple(shift_size)
         if len(window) != n or len(shift) != n:
-            raise VolcamError(
+            raise ArgumentError(
                 f"`window_size` and `shift_size` must have one value per axis of grid_size {self.grid_size}, "
                 f"not {window_size!r} and {shift_size!r}"
             )
@@ -170,11 +171,11 @@ def patch_size(model: nn.Module) -> tuple[int, ...]:
     """The patch size of the (first) MONAI ``PatchEmbeddingBlock`` inside ``model``.
 
     Raises:
-        VolcamError: no patch embedding, or one whose patch size cannot be read.
+        ArgumentError: no patch embedding, or one whose patch size cannot be read.
     """
     block = _patch_embedding(model)
     if block is None:
-        raise VolcamError(
+        raise ArgumentError(
             f"a ViT-style model must contain a MONAI PatchEmbeddingBlock, not none in {type(model).__name__}; "
             "pass `grid_size` yourself"
         )
@@ -186,7 +187,7 @@ def patch_size(model: nn.Module) -> tuple[int, ...]:
         if lengths:
             sizes = dict(lengths)
             return tuple(sizes[f"p{i + 1}"] for i in range(len(sizes)))
-    raise VolcamError(f"the patch size of {type(emb).__name__} cannot be read; pass `grid_size` yourself")
+    raise ArgumentError(f"the patch size of {type(emb).__name__} cannot be read; pass `grid_size` yourself")
 
 
 def _has_class_token(model: nn.Module) -> bool:
@@ -204,11 +205,11 @@ def vit_reshape(model: nn.Module, image_size: Sequence[int] | None = None) -> To
         grid = tuple(int(f) for f in feat)
     else:
         if image_size is None:
-            raise VolcamError("`image_size` must be given for a ViT (the token grid depends on it), not None")
+            raise ArgumentError("`image_size` must be given for a ViT (the token grid depends on it), not None")
         patch = patch_size(model)
         image = _sizes("image_size", image_size, len(patch))
         if len(image) != len(patch) or any(i % p for i, p in zip(image, patch)):
-            raise VolcamError(f"`image_size` must be a multiple of the patch size {patch} per axis, not {image}")
+            raise ArgumentError(f"`image_size` must be a multiple of the patch size {patch} per axis, not {image}")
         grid = tuple(i // p for i, p in zip(image, patch))
     return TokenGrid(grid, class_token=_has_class_token(model))
 
@@ -221,7 +222,7 @@ def _swin_stage(model: nn.Module, name: str) -> tuple[nn.Module, int, str]:
             owner = model.get_submodule(".".join(parts[:i])) if i else model
             if hasattr(owner, "patch_embed"):
                 return owner, int(p[6:]) - 1, ".".join(parts[i + 2 :])
-    raise VolcamError(
+    raise ArgumentError(
         f"layer {name!r} must be inside a stage of a MONAI SwinTransformer ('swinViT.layersK.0...'), not elsewhere"
     )
 
@@ -244,18 +245,20 @@ def swin_reshape(model: nn.Module, layer: str, image_size: Sequence[int]) -> Cal
         return None
     parts = rest.split(".")
     if parts[0] != "blocks" or len(parts) < 2:
-        raise VolcamError(f"layer {layer!r} must be a stage, a block or a block's attention of a Swin stage")
+        raise ArgumentError(f"layer {layer!r} must be a stage, a block or a block's attention of a Swin stage")
     block = model.get_submodule(layer[: len(layer) - len(rest)] + "blocks." + parts[1])
     if len(parts) == 2:
         return ChannelsLast()
     if parts[2:] != ["attn"]:
-        raise VolcamError(f"layer {layer!r} must be a Swin block or its 'attn'; other sub-layers are not supported")
-    patch = tuple(swin.patch_embed.patch_size)
+        raise ArgumentError(f"layer {layer!r} must be a Swin block or its 'attn'; other sub-layers are not supported")
+    embed: Any = swin.patch_embed
+    patch = tuple(int(p) for p in embed.patch_size)
     image = _sizes("image_size", image_size, len(patch))
     grid = [math.ceil(i / p) for i, p in zip(image, patch)]
     for _ in range(stage):
         grid = [math.ceil(g / 2) for g in grid]
-    return SwinWindows(grid, tuple(block.window_size), tuple(block.shift_size))
+    swin_block: Any = block
+    return SwinWindows(grid, tuple(swin_block.window_size), tuple(swin_block.shift_size))
 
 
 def suggested_layers(model: nn.Module, image_size: Sequence[int] | None = None) -> dict[str, Callable | None]:
@@ -284,7 +287,7 @@ def suggested_layers(model: nn.Module, image_size: Sequence[int] | None = None) 
         return out
     if "swinViT" in names:
         if image_size is None:
-            raise VolcamError("`image_size` must be given for a SwinUNETR (the window grid depends on it), not None")
+            raise ArgumentError("`image_size` must be given for a SwinUNETR (the window grid depends on it), not None")
         for k in range(1, 5):
             stage = f"swinViT.layers{k}.0"
             if stage not in names:
@@ -298,7 +301,7 @@ def suggested_layers(model: nn.Module, image_size: Sequence[int] | None = None) 
             if name in names:
                 out[name] = None
         return out
-    raise VolcamError(
+    raise ArgumentError(
         f"`model` must be a MONAI UNETR, ViT or SwinUNETR (or contain one as 'vit' / 'swinViT'), "
         f"not {type(model).__name__}"
     )

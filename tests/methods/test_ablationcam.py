@@ -140,7 +140,8 @@ def test_selected_output_of_a_dict_layer_is_ablated_in_place():
 
 def test_bad_arguments():
     model = SmallNet(2)
-    with pytest.raises(volcam.VolcamError, match="`batch_size` must be a positive int, not 0"):
+    with pytest.raises(volcam.ArgumentError, match="`batch_size` must be a positive int or None, not 0") as info:
         volcam.AblationCAM(model, "down", batch_size=0)
-    with pytest.raises(volcam.VolcamError, match=r"`ratio` must be a number in \(0, 1\] or None, not 1.5"):
+    assert isinstance(info.value, ValueError) and info.value.name == "batch_size"
+    with pytest.raises(volcam.ArgumentError, match=r"`ratio` must be a number in \(0, 1\], not 1.5"):
         volcam.AblationCAM(model, "down", ratio=1.5)

@@ -114,9 +114,11 @@ def tokens_to_grid(t):
 
 
 def test_unetr_tokens_with_reshape_match_plain_autograd():
+    # float64: this random UNETR's gradient at the tokens changes by about 1% under float32
+    # rounding (instance norms over 2x2x2 maps), more than the comparison below allows
     torch.manual_seed(0)
-    model = unetr()
-    x = torch.randn(2, 1, 32, 32, 32)
+    model = unetr().double()
+    x = torch.randn(2, 1, 32, 32, 32, dtype=torch.float64)
     target = volcam.SegmentationTarget(1, mask="all")
     res = volcam.GradCAM(model, "vit.blocks.3", reshape=tokens_to_grid).explain(x, targets=target)
     check_heat(res.heat, x)
@@ -127,7 +129,7 @@ def test_unetr_tokens_with_reshape_match_plain_autograd():
     tokens = kept["t"]  # [B, 8, 48]
     g = torch.autograd.grad(out[:, 1].sum(), tokens)[0]
     ref = torch.relu((g.mean(1, keepdim=True) * tokens).sum(2))  # weights per feature, summed over features
-    torch.testing.assert_close(res.layer_maps[0].flatten(1), ref.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.layer_maps[0].flatten(1), ref.detach().float(), rtol=1e-4, atol=1e-5)
     # the same tokens picked out of the ViT's (x, hidden_states) output through a selector path
     via_selector = volcam.GradCAM(model, "vit", layer_output=(1, 3), reshape=tokens_to_grid).explain(x, targets=target)
     torch.testing.assert_close(via_selector.layer_maps[0], res.layer_maps[0])

@@ -1,10 +1,19 @@
-"""CAM methods (one small class per file) and the registry that finds them by name."""
+"""CAM methods (one small class per file) and the registry that finds them by name.
+
+The registry is filled from the method classes themselves: every module of this package
+is imported once, and each :class:`~volcam.methods.base.BaseCAM` subclass it defines with
+its own ``name`` is registered under that name (and its ``aliases``), in
+:data:`ATTENTION_METHODS` when ``attention`` is set, else in :data:`METHODS`. A new method
+is one file here and nothing else.
+"""
 
 from __future__ import annotations
 
-import difflib
+import importlib
+import pkgutil
 
-from volcam.errors import MethodNotFoundError
+from volcam.checks import did_you_mean
+from volcam.errors import ArgumentError, MethodNotFoundError
 from volcam.methods.ablationcam import AblationCAM
 from volcam.methods.base import BaseCAM, CAMResult, LayerContext
 from volcam.methods.eigencam import EigenCAM, EigenGradCAM
@@ -38,39 +47,51 @@ __all__ = [
     "register_method",
 ]
 
-#: name -> method class. Names are lower case; ``get_method`` also accepts the aliases below.
-METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "eigengradcam": EigenGradCAM,
-    "scorecam": ScoreCAM,
-    "ablationcam": AblationCAM,
-    "fullgrad": FullGrad,
-}
+#: modules of this package that hold no method
+_NOT_METHODS = {"base", "engine"}
 
+
+def _discover() -> tuple[dict[str, type[BaseCAM]], dict[str, type[BaseCAM]], dict[str, str]]:
+    methods: dict[str, type[BaseCAM]] = {}
+    attention: dict[str, type[BaseCAM]] = {}
+    aliases: dict[str, str] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_") or info.name in _NOT_METHODS:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for obj in vars(module).values():
+            if not (isinstance(obj, type) and issubclass(obj, BaseCAM) and obj.__module__ == module.__name__):
+                continue
+            name = obj.__dict__.get("name")
+            if not isinstance(name, str):
+                continue
+            registry = attention if obj.attention else methods
+            if name in methods or name in attention:
+                raise ArgumentError(f"method name {name!r} must be unique, not used by two classes", name="name")
+            registry[name] = obj
+            for alias in obj.aliases:
+                aliases[alias] = name
+    return methods, attention, aliases
+
+
+#: name -> method class, for every method that works on any convolutional target layer.
+#: Names are lower case; :func:`get_method` also accepts each class's ``aliases``.
+METHODS: dict[str, type[BaseCAM]]
 #: name -> method reading the attention matrices of transformer blocks instead of a layer's
-#: activations. They need a model with self-attention blocks, so they are kept apart from
-#: METHODS, every entry of which works on any convolutional target layer.
-ATTENTION_METHODS: dict[str, type[BaseCAM]] = {
-    "rollout": AttentionRollout,
-}
+#: activations. They need a model with self-attention blocks, so they are kept apart.
+ATTENTION_METHODS: dict[str, type[BaseCAM]]
+METHODS, ATTENTION_METHODS, _ALIASES = _discover()
 
-_ALIASES = {
-    "gradcampp": "gradcam++",
-    "gradcamplusplus": "gradcam++",
-    "attentionrollout": "rollout",
-}
+
+def _key(name: str) -> str:
+    return str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
 def register_method(name: str, cls: type[BaseCAM]) -> None:
-    """Add a method to the registry under ``name`` (lower case)."""
+    """Add a method defined outside this package to the registry under ``name`` (lower case)."""
     if not (isinstance(cls, type) and issubclass(cls, BaseCAM)):
         raise TypeError(f"a registered method must be a BaseCAM subclass, not {cls!r}")
-    METHODS[name.lower()] = cls
+    (ATTENTION_METHODS if cls.attention else METHODS)[name.lower()] = cls
 
 
 def get_method(name: str) -> type[BaseCAM]:
@@ -80,11 +101,10 @@ def get_method(name: str) -> type[BaseCAM]:
     Raises:
         MethodNotFoundError: with the closest registered names.
     """
-    key = str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
-    key = _ALIASES.get(key, key)
     known = {**METHODS, **ATTENTION_METHODS}
-    if key in known:
-        return known[key]
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise MethodNotFoundError(f"`method` must be one of {sorted(known)}, not {name!r}{hint}")
+    for key in (str(name).lower(), _key(name)):
+        key = _ALIASES.get(key, key)
+        if key in known:
+            return known[key]
+    close = did_you_mean(_key(name), list(known))
+    raise MethodNotFoundError(f"`method` must be one of {sorted(known)}, not {name!r}{close}")

@@ -20,6 +20,7 @@ class GradCAM(BaseCAM):
     """Grad-CAM: channels weighted by their spatially averaged gradient."""
 
     name = "gradcam"
+    global_weights = True
 
     def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         return channel_mean(grads)

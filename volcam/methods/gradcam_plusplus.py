@@ -25,6 +25,8 @@ class GradCAMPlusPlus(BaseCAM):
     """Grad-CAM++: gradient-weighted channels, with positive gradients re-weighted per voxel."""
 
     name = "gradcam++"
+    aliases = ("gradcampp", "gradcamplusplus")
+    global_weights = True
 
     def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         dims = spatial_dims(grads)

@@ -21,5 +21,7 @@ class HiResCAM(BaseCAM):
 
     name = "hirescam"
 
-    def combine(self, activations: torch.Tensor, grads: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+    def combine(self, activations: torch.Tensor, grads: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
+        if grads is None:
+            raise NotImplementedError("HiResCAM needs gradients")
         return self.reduce_channels(grads * activations, ctx)

@@ -22,5 +22,7 @@ class LayerCAM(BaseCAM):
 
     name = "layercam"
 
-    def combine(self, activations: torch.Tensor, grads: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+    def combine(self, activations: torch.Tensor, grads: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
+        if grads is None:
+            raise NotImplementedError("LayerCAM needs gradients")
         return self.reduce_channels(F.relu(grads) * activations, ctx)

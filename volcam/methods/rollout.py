@@ -33,17 +33,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
-from volcam.capture import capture
-from volcam.errors import LayerNotFoundError, LayerNotReachedError, ShapeError, VolcamError
+from volcam.checks import in_range, one_of
+from volcam.errors import LayerNotFoundError, ShapeError
 from volcam.layers import LayerSpec, resolve_layers
-from volcam.methods.base import BaseCAM, CAMResult
+from volcam.methods.base import BaseCAM, LayerContext
 from volcam.selectors import Selector
-from volcam.targets import TargetSpec, resolve_targets, warn_empty
+from volcam.transformers import patch_size
 
 _FUSIONS = ("mean", "max", "min")
 
@@ -52,6 +53,13 @@ def is_attention_block(module: nn.Module) -> bool:
     """A MONAI ``SABlock`` (or a module built like one: ``num_heads`` and a ``drop_weights``
     module applied to the softmax attention)."""
     return hasattr(module, "num_heads") and isinstance(getattr(module, "drop_weights", None), nn.Module)
+
+
+def _drop_weights(block: nn.Module) -> nn.Module:
+    module: object = block.drop_weights
+    if not isinstance(module, nn.Module):
+        raise LayerNotFoundError(f"an attention block must have a `drop_weights` module, not {module!r}")
+    return module
 
 
 class AttentionRollout(BaseCAM):
@@ -77,6 +85,8 @@ class AttentionRollout(BaseCAM):
     """
 
     name = "rollout"
+    aliases = ("attentionrollout",)
+    attention = True
 
     def __init__(
         self,
@@ -91,14 +101,13 @@ class AttentionRollout(BaseCAM):
         model_output: Selector = None,
         normalize: bool = True,
         upsample: bool = True,
-        aug_smooth=False,
+        aug_smooth: Any = False,
+        class_chunk: int | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, not {type(model).__name__}")
-        if head_fusion not in _FUSIONS:
-            raise VolcamError(f"`head_fusion` must be one of {_FUSIONS}, not {head_fusion!r}")
-        if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not 0 <= discard_ratio < 1:
-            raise VolcamError(f"`discard_ratio` must be a number in [0, 1), not {discard_ratio!r}")
+        one_of(head_fusion, _FUSIONS, "head_fusion")
+        discard_ratio = in_range(discard_ratio, "discard_ratio", 0.0, 1.0, high_open=True)
         roots = [model] if target_layers is None else [m for _, m in resolve_layers(model, target_layers)]
         inside = {id(m) for r in roots for m in r.modules()}
         blocks = [m for m in model.modules() if id(m) in inside and is_attention_block(m)]
@@ -110,16 +119,19 @@ class AttentionRollout(BaseCAM):
             )
         super().__init__(
             model,
-            [b.drop_weights for b in blocks],
+            [_drop_weights(b) for b in blocks],
             model_output=model_output,
             normalize=normalize,
             upsample=upsample,
             aug_smooth=aug_smooth,
+            class_chunk=class_chunk,
         )
         self.blocks = blocks
         self.head_fusion = head_fusion
         self.discard_ratio = float(discard_ratio)
         self.gradients = bool(gradients)
+        self.needs_gradients = self.gradients
+        self.class_agnostic = not self.gradients
         self.grid_size = None if grid_size is None else tuple(int(g) for g in grid_size)
         self.class_token = class_token
 
@@ -129,9 +141,18 @@ class AttentionRollout(BaseCAM):
             f"discard_ratio={self.discard_ratio}, gradients={self.gradients})"
         )
 
+    def extra_hooks(self, record: dict[str, Any]) -> AbstractContextManager[None]:
+        """Switch off flash attention (which never forms the matrix) for the forward pass."""
+        return self._attention_materialised()
+
+    def describe_missing(self, missing: list[str]) -> str:
+        blocks = [m.rsplit(".", 1)[0] for m in missing]
+        return f"the attention of block(s) {blocks} was not computed by the forward pass; choose blocks the model runs"
+
     @contextmanager
     def _attention_materialised(self) -> Iterator[None]:
-        flags = [(b, b.use_flash_attention) for b in self.blocks if getattr(b, "use_flash_attention", False)]
+        blocks: list[Any] = list(self.blocks)
+        flags = [(b, b.use_flash_attention) for b in blocks if getattr(b, "use_flash_attention", False)]
         try:
             for b, _ in flags:
                 b.use_flash_attention = False
@@ -173,8 +194,6 @@ class AttentionRollout(BaseCAM):
     def _grid(self, x: torch.Tensor, tokens: int) -> tuple[tuple[int, ...], bool]:
         grid = self.grid_size
         if grid is None:
-            from volcam.transformers import patch_size
-
             patch = patch_size(self.model)
             if len(patch) != x.ndim - 2:
                 raise ShapeError(
@@ -194,48 +213,33 @@ class AttentionRollout(BaseCAM):
             )
         return grid, class_token
 
-    def _explain(self, x: torch.Tensor, targets: TargetSpec, eigen_smooth: bool) -> CAMResult:
-        if eigen_smooth:
-            warnings.warn("attention rollout has no weighted channels; `eigen_smooth` is ignored", stacklevel=3)
-        grad_mode = torch.enable_grad() if self.gradients else torch.no_grad()
-        with (
-            self._attention_materialised(),
-            capture(self.model, self.layers, track_gradients=self.gradients) as state,
-            grad_mode,
-        ):
-            output = self._forward(x)
-            missing = [n for n, _ in self.layers if n not in state.activations]
-            if missing:
-                raise LayerNotReachedError(
-                    f"the attention of block(s) {[m.rsplit('.', 1)[0] for m in missing]} was not computed by the "
-                    "forward pass; choose blocks the model runs"
-                )
-            scorer = resolve_targets(targets, output)
-            scores = scorer(output)
-            order = list(state.activations)  # forward (call) order
-            attention = [state.activations[n] for n in order]
-            grads = self._gradients(scores, attention) if self.gradients else [None] * len(attention)
-            state.active = False
-        with torch.no_grad():
-            shapes = {tuple(a.shape) for a in attention}
-            if len(shapes) != 1 or attention[0].ndim != 4 or attention[0].shape[-1] != attention[0].shape[-2]:
-                raise ShapeError(
-                    f"attention rollout needs square self-attention [B, H, N, N] of one size in every block, "
-                    f"not {sorted(shapes)}",
-                    expected="[B, H, N, N]",
-                    actual_shape=tuple(attention[0].shape),
-                )
-            fused = [self.fuse(a.float(), g.float() if g is not None else None) for a, g in zip(attention, grads)]
-            rollout = self.roll(fused)
-            grid, class_token = self._grid(x, rollout.shape[-1])
-            relevance = rollout[:, 0, 1:] if class_token else rollout.mean(1)
-            patch_map = relevance.reshape(x.shape[0], 1, *grid)
-            heat = self.combine_layers([patch_map], x)
-        warn_empty(scorer)
-        return CAMResult(
-            heat=heat,
-            output=output.detach(),
-            layer_maps=[patch_map],
-            scores=scores.detach(),
-            layer_names=[f"{order[0].rsplit('.', 1)[0]}..{order[-1].rsplit('.', 1)[0]}"],
-        )
+    def layer_maps(
+        self, activations: list[torch.Tensor | None], grads: list[torch.Tensor | None], ctx: LayerContext
+    ) -> list[tuple[str, torch.Tensor]]:
+        """One map on the patch grid ``[N, 1, *grid]``: the rollout over every block, in call order."""
+        if ctx.eigen_smooth:
+            warnings.warn("attention rollout has no weighted channels; `eigen_smooth` is ignored", stacklevel=5)
+        by_name = {n: (a, g) for (n, _), a, g in zip(self.layers, activations, grads)}
+        order = [n for n in ctx.extra["call_order"] if n in by_name]
+        attention = [by_name[n][0] for n in order]
+        shapes = {tuple(a.shape) for a in attention if a is not None}
+        first = attention[0]
+        if first is None or len(shapes) != 1 or first.ndim != 4 or first.shape[-1] != first.shape[-2]:
+            raise ShapeError(
+                f"attention rollout needs square self-attention [B, H, N, N] of one size in every block, "
+                f"not {sorted(shapes)}",
+                expected="[B, H, N, N]",
+                actual_shape=tuple(first.shape) if first is not None else None,
+            )
+        fused = []
+        for n in order:
+            a, g = by_name[n]
+            if a is None:
+                continue
+            fused.append(self.fuse(ctx.to_rows(a.float()), g.float() if g is not None else None))
+        rollout = self.roll(fused)
+        x = ctx.x
+        grid, class_token = self._grid(x, rollout.shape[-1])
+        relevance = rollout[:, 0, 1:] if class_token else rollout.mean(1)
+        patch_map = relevance.reshape(rollout.shape[0], 1, *grid)
+        return [(f"{order[0].rsplit('.', 1)[0]}..{order[-1].rsplit('.', 1)[0]}", patch_map)]

@@ -18,6 +18,7 @@ class XGradCAM(BaseCAM):
     """XGrad-CAM: gradients averaged with the activations as weights."""
 
     name = "xgradcam"
+    global_weights = True
     eps = 1e-7
 
     def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
