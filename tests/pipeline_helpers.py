@@ -127,3 +127,19 @@ class BrightnessNet(torch.nn.Module):
 
     def forward(self, x):
         return self.head(self.act(self.feat(x)))
+
+
+class KilledOnLargeInput(UNet):
+    """The tiny U-Net, but the process ends itself with SIGKILL (as the kernel's out-of-memory
+    killer would end it) when it is given more than ``voxels`` voxels."""
+
+    def __init__(self, voxels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.voxels = voxels
+
+    def forward(self, x):
+        if x[0, 0].numel() > self.voxels:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)

@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     from volcam.run import distributed
     from volcam.run.config import load_config
     from volcam.run.outdir import LOCK_TOKEN_ENV, OutputFolder
-    from volcam.run.supervise import CHILD_ENV, supervise
+    from volcam.run.supervise import CHILD_ENV, SINCE_ENV, supervise
 
     options = dict(
         overwrite=args.overwrite,
@@ -97,7 +97,8 @@ def main(args: argparse.Namespace) -> int:
         from volcam.run.loop import run
 
         token = os.environ.get(LOCK_TOKEN_ENV) if child else None
-        return _report(run(config, lock_token=token, **options), args.quiet)
+        since = float(os.environ[SINCE_ENV]) if child and SINCE_ENV in os.environ else None
+        return _report(run(config, lock_token=token, since=since, **options), args.quiet)
     cases = config.list_cases()
     return supervise(
         OutputFolder(config.outputs.dir),

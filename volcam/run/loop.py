@@ -126,6 +126,7 @@ class CaseWriter:
                 "files": files,
                 "rows": rows,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "finished_at": time.time(),
                 **self.record_info,
             }
             tmp = stage / (RECORD_NAME + ".tmp")
@@ -285,6 +286,7 @@ def run(
     allow_eval: bool = True,
     python_path: Sequence[str] = (),
     lock_token: str | None = None,
+    since: float | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run a config over its dataset in this process; see the module docstring.
@@ -298,6 +300,8 @@ def run(
         retry_failed: retry cases whose process was killed in an earlier run.
         quiet: no progress bar and no per-case lines.
         lock_token: the lock token of a supervising process (``volcam run`` passes it).
+        since: when the supervised run this process continues started (see
+            :func:`~volcam.run.plan.plan_cases`).
         on_line: called with each line worth showing (default: logged at INFO).
 
     Returns:
@@ -338,6 +342,7 @@ def run(
             names=runner.names,
             overwrite=overwrite,
             retry_failed=retry_failed,
+            since=since,
         )
         if not quiet:
             say(_start_line(config, cases, runner, folder, digest))

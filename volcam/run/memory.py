@@ -1,19 +1,23 @@
-"""Will a case fit in memory? An estimate before the case runs, from measurements.
+"""Will a case fit in memory? An estimate before the case runs, calibrated by measurement.
 
-The peak memory of the CAM computation grows about linearly with the number of voxels, and
-its cost per voxel falls (or stays) as volumes grow (convolution buffers are chosen by size).
-:class:`MemoryGuard` measures the peak of every case it lets through and, before the next
-case, estimates ``peak(V) = V x rate``, with the rate per voxel of the largest measured case
-that is not larger than this one: accurate for cases of similar size, and erring high (never
-low) for larger ones. Before the first case there is no measurement yet: the computation is run
-once on a crop of the case (an eighth of its voxels, at least 48 voxels an axis) to measure a
-first rate, which overestimates larger volumes by up to about 2.5x. A sliding-window run is
-estimated for one batch of windows plus the stitched volumes (output, heat, weights: float32).
-Measured on a 2-core CPU with MONAI's UNet and SegResNet: a rate from a case of the same size
-estimates another case within 15%; from a crop a quarter to an eighth the size, 1.0 to 2.5x.
+The estimate starts from the network's activations: the bytes of every module's output for
+the case's volume, found once per run from a forward pass on a small crop with hooks (under
+``torch.no_grad()``) and scaled by the number of voxels. The peak of the CAM computation is a
+multiple ``k`` of that, which depends on the network, the method and the target layer; it is
+measured on every case that runs (``k = measured peak / activations``) and the estimate of the
+next case uses the ``k`` of the largest measured case that is not larger than it. Before the
+first measurement ``k = 1``. A sliding-window run is estimated for one batch of windows plus
+the stitched volumes (output, heat, weights: float32).
+
+Stated error, measured on a 2-core CPU and tested: once a case of the same size has run, the
+estimate is within -15% to +50% of the peak (the first case measured in a process also counts
+memory kept for later ones, such as convolution caches); from a smaller case, 0.9 to 2.5 times
+(the cost per voxel falls as volumes grow). Before any case has run, ``k`` between 0.4 (MONAI's
+SegResNet, DynUNet) and 2.5 (a two-level UNet) was measured: the first estimate is a rough one.
 
 When the estimate exceeds 85% of the free memory, the case fails cleanly before it starts,
-naming the sliding-window size that would fit; the run goes on with the next case.
+naming the sliding-window size that would fit; the run goes on with the next case. A case that
+the system kills all the same is recorded by the supervising process (:mod:`volcam.run.supervise`).
 
 Peaks are measured as the growth of the process's resident memory (Linux: VmHWM, reset through
 ``/proc/self/clear_refs``, after ``malloc_trim`` hands freed memory back) on the CPU, and with
@@ -34,15 +38,15 @@ import torch
 
 from volcam.errors import VolcamError
 
-__all__ = ["MemoryGuard", "MemoryLimitError", "available_bytes", "peak_bytes"]
+__all__ = ["MemoryGuard", "MemoryLimitError", "available_bytes", "peak_bytes", "activation_bytes"]
 
 log = logging.getLogger(__name__)
 
 GB = 1024**3
 #: fraction of the free memory a case may plan to use
 HEADROOM = 0.85
-#: voxels below which the first case runs without a first measurement on a crop
-SMALL = 64**3
+#: voxels from which a case's measured peak calibrates the estimate
+MEASURED = 48**3
 
 
 class MemoryLimitError(VolcamError, MemoryError):
@@ -136,12 +140,36 @@ def _round_to(value: int, step: int) -> int:
     return max(step, (value // step) * step)
 
 
+def activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of every leaf module's output (tensors, in tuples and lists too) for input ``x``."""
+    total = 0
+
+    def add(out: Any) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+        elif isinstance(out, (tuple, list)):
+            for o in out:
+                add(o)
+        elif isinstance(out, dict):
+            for o in out.values():
+                add(o)
+
+    hooks = [m.register_forward_hook(lambda m, i, o: add(o)) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
 class MemoryGuard:
     """Checks before each case that it fits (see the module docstring).
 
     Args:
-        compute: ``compute(x)`` runs the CAM computation of the run on an input ``[1, C, *S]``
-            (used for the first measurement, on a crop).
+        model: the network (its activations are measured once on a crop).
         device: where it runs.
         divisor: the size every axis of the network's input must be a multiple of.
         sliding: ``(roi_size, sw_batch_size)`` when the run explains by windows, else None.
@@ -150,20 +178,22 @@ class MemoryGuard:
 
     def __init__(
         self,
-        compute: Callable[[torch.Tensor], Any],
+        model: torch.nn.Module,
         device: torch.device,
         *,
         divisor: Sequence[int] | None = None,
         sliding: tuple[Sequence[int], int] | None = None,
         out_channels: int = 2,
     ):
-        self.compute = compute
+        self.model = model
         self.device = device
         self.divisor = divisor
         self.sliding = sliding
         self.out_channels = out_channels
-        #: measured ``(voxels, peak bytes)`` of the computation, without the stitched volumes
-        self.measured: list[tuple[int, int]] = []
+        #: activation bytes per voxel of the network's input (None until measured)
+        self.per_voxel: float | None = None
+        #: measured ``(voxels, k)``: the computation's peak over its activations
+        self.measured: list[tuple[int, float]] = []
 
     def _stitched(self, voxels: int) -> int:
         return 0 if self.sliding is None else (self.out_channels + 3) * voxels * 4
@@ -175,38 +205,37 @@ class MemoryGuard:
         roi, batch = self.sliding
         return _prod([min(r, s) for r, s in zip(roi, shape)]) * batch
 
-    def rate(self, voxels: int) -> float | None:
-        """Bytes per voxel for ``voxels`` (see the module docstring); None before any measurement."""
-        if not self.measured:
-            return None
-        below = [(v, p) for v, p in self.measured if v <= voxels]
-        v, p = max(below) if below else min(self.measured)
-        return p / v
+    def activations(self, x: torch.Tensor) -> None:
+        """Measure the activation bytes per voxel on a crop of ``x`` ``[1, C, *S]`` (once)."""
+        shape = [int(s) for s in x.shape[2:]]
+        div = list(self.divisor) if self.divisor is not None else [1] * len(shape)
+        crop = [min(s, _round_to(32, d)) for s, d in zip(shape, div)]
+        part = x[(slice(None), slice(None), *(slice(0, c) for c in crop))].contiguous()
+        try:
+            self.per_voxel = activation_bytes(self.model, part) / _prod(crop)
+        except Exception:  # a network that cannot take the crop: no estimate, as before the check existed
+            self.per_voxel = None
+
+    def k(self, work: int) -> float:
+        """The peak over the activations for ``work`` voxels (see the module docstring)."""
+        below = [(v, k) for v, k in self.measured if v <= work]
+        if below:
+            return max(below)[1]
+        return min(self.measured)[1] if self.measured else 1.0
 
     def estimate(self, shape: Sequence[int]) -> float | None:
-        """Estimated peak bytes of a case with spatial ``shape`` (None before any measurement)."""
+        """Estimated peak bytes of a case with spatial ``shape`` (None without the activations)."""
+        if self.per_voxel is None:
+            return None
         work = self._work(shape)
-        rate = self.rate(work)
-        return None if rate is None else rate * work + self._stitched(_prod(shape))
+        return self.k(work) * self.per_voxel * work + self._stitched(_prod(shape))
 
     def record(self, shape: Sequence[int], peak: int) -> None:
         """Note the measured peak of a case (stitched volumes included)."""
         work = self._work(shape)
         own = peak - self._stitched(_prod(shape))
-        if work > 0 and own > 0:
-            self.measured.append((work, own))
-
-    def probe(self, x: torch.Tensor) -> None:
-        """A first measurement on a crop of ``x`` ``[1, C, *S]`` (an eighth of its voxels)."""
-        shape = tuple(int(s) for s in x.shape[2:])
-        div = list(self.divisor) if self.divisor is not None else [8] * len(shape)
-        crop = tuple(min(s, max(_round_to(s // 2, d), _round_to(48, d))) for s, d in zip(shape, div))
-        if self.sliding is not None:
-            crop = tuple(min(c, r) for c, r in zip(crop, self.sliding[0]))
-        part = x[(slice(None), slice(None), *(slice(0, c) for c in crop))].contiguous()
-        peak = peak_bytes(lambda: self.compute(part), self.device)
-        if peak > 0:
-            self.measured.append((_prod(crop) * (self.sliding[1] if self.sliding else 1), peak))
+        if self.per_voxel and work >= MEASURED and own > 0:  # small cases: fixed costs dominate their peak
+            self.measured.append((work, own / (self.per_voxel * work)))
 
     def measure(self, fn: Callable[[], Any], shape: Sequence[int]) -> Any:
         """Run ``fn()`` (a whole case of spatial ``shape``), record its peak, return its result."""
@@ -218,17 +247,16 @@ class MemoryGuard:
     def check(self, x: torch.Tensor) -> None:
         """Raise :class:`MemoryLimitError` when the case ``x`` ``[1, C, *S]`` will not fit."""
         shape = tuple(int(s) for s in x.shape[2:])
-        if not self.measured:
-            if _prod(shape) <= SMALL:
-                return  # small enough to run as it is; its measurement sets the first rate
-            self.probe(x)
+        if self.per_voxel is None:
+            self.activations(x)
         need = self.estimate(shape)
         free = available_bytes(self.device)
         if need is None or free is None or need <= HEADROOM * free:
             return
         raise MemoryLimitError(
-            f"this case ({' x '.join(map(str, shape))} voxels) needs about {need / GB:.2f} GB (estimated from "
-            f"measured cases), but {free / GB:.2f} GB are free on {self.device}; " + self.suggestion(shape, free)
+            f"this case ({' x '.join(map(str, shape))} voxels) needs about {need / GB:.2f} GB of memory (estimated "
+            f"from the network's activations and measured cases), but {free / GB:.2f} GB are free on {self.device}; "
+            + self.suggestion(shape, free)
         )
 
     def suggestion(self, shape: Sequence[int], free: float) -> str:
@@ -239,7 +267,7 @@ class MemoryGuard:
         for edge in (192, 160, 128, 112, 96, 80, 64, 48, 32):
             roi = [min(s, _round_to(edge, d)) for s, d in zip(shape, div)]
             work = _prod(roi) * batch
-            need = (self.rate(work) or 0.0) * work + (self.out_channels + 3) * _prod(shape) * 4
+            need = self.k(work) * (self.per_voxel or 0.0) * work + (self.out_channels + 3) * _prod(shape) * 4
             if need <= HEADROOM * free:
                 gb = need / GB
                 return f"set sliding_window.roi_size: {roi} (about {gb:.2f} GB with sw_batch_size {batch}){other}"

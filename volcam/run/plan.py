@@ -83,8 +83,13 @@ def plan_cases(
     names: dict[int, str],
     overwrite: bool = False,
     retry_failed: bool = False,
+    since: float | None = None,
 ) -> RunPlan:
-    """Decide every case (see the module docstring). Call it while holding the folder's lock."""
+    """Decide every case (see the module docstring). Call it while holding the folder's lock.
+
+    ``since``: the start time of the run this process continues (a supervised run restarted
+    after a kill): cases finished since then count as done in this run, not skipped.
+    """
     plan = RunPlan()
     foreign: list[str] = []
     mismatched: dict[str, list[str]] = {}
@@ -101,10 +106,11 @@ def plan_cases(
             rows = failed_rows(case, classes, names, entry.get("error", "killed"))
             plan.decided[i] = CaseResult(case, "failed", rows, error=entry.get("error", "killed"))
             continue
-        if status == "absent" or overwrite:
+        record = (folder.read_record(case.id) or {}) if status == "case" else {}
+        redone = since is not None and record.get("finished_at", 0.0) >= since
+        if status == "absent" or (overwrite and not redone):
             plan.todo.append(i)
             continue
-        record = folder.read_record(case.id) or {}
         plan.records[case.id] = record
         diffs = differences(record, maps, declared, case)
         if diffs and all(name == "outputs" for name, _, _ in diffs):
@@ -117,8 +123,10 @@ def plan_cases(
             continue
         root = folder.case_dir(case.id)
         if all((root / f).is_file() for f in record.get("files", [])):
-            rows = [{**r, "status": "skipped"} for r in record.get("rows", [])]
-            plan.decided[i] = CaseResult(case, "skipped", rows)
+            # done earlier in this same run (by a process a supervisor restarted): ok, not skipped
+            status = "ok" if since is not None and record.get("finished_at", 0.0) >= since else "skipped"
+            rows = [{**r, "status": status} for r in record.get("rows", [])]
+            plan.decided[i] = CaseResult(case, status, rows)
         else:
             plan.todo.append(i)  # a file was removed: redo the case
     if foreign:

@@ -132,18 +132,12 @@ class Runner:
 
         s = config.sliding
         self.memory = MemoryGuard(
-            self._probe,
+            self.model,
             self.device,
             divisor=self.divisor,
             sliding=(tuple(s.roi_size), s.sw_batch_size) if s.roi_size else None,
             out_channels=self.out_channels or 2,
         )
-
-    def _probe(self, x: torch.Tensor) -> None:
-        """The run's computation on ``x`` (for the memory estimate): the first class, predicted region."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._explain_padded(x, self._target(self.classes[0], None), self._padding(tuple(x.shape[2:])))
 
     def check_classes(self, channels: int) -> None:
         """Refuse classes the network's output does not have (a config error, for the whole run)."""

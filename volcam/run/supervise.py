@@ -23,10 +23,12 @@ from typing import Any
 
 from volcam.run.outdir import LOCK_TOKEN_ENV, OutputFolder
 
-__all__ = ["supervise", "CHILD_ENV"]
+__all__ = ["supervise", "CHILD_ENV", "SINCE_ENV"]
 
 #: set in the environment of the supervised child
 CHILD_ENV = "VOLCAM_RUN_CHILD"
+#: when the supervised run started (cases finished since then were done by this run)
+SINCE_ENV = "VOLCAM_RUN_SINCE"
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -70,7 +72,7 @@ def supervise(
             child.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in _SIGNALS}
-    env = {**os.environ, CHILD_ENV: "1", LOCK_TOKEN_ENV: token}
+    env = {**os.environ, CHILD_ENV: "1", LOCK_TOKEN_ENV: token, SINCE_ENV: repr(time.time())}
     try:
         for _ in range(cases + 1):
             child = subprocess.Popen(
@@ -104,6 +106,7 @@ def supervise(
                 "(--retry-failed retries it; a sliding window or device: cpu may fit it)"
             )
             say("volcam run: restarting with the remaining cases")
+            argv = [a for a in argv if a != "--retry-failed"]  # never retry the case just killed
         warn("volcam run: the run's process was killed too many times; rerun the same command")
         return 3
     finally:
