@@ -72,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"volcam {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # the output folder: locked, not writable, full (volcam's own errors included)
-        print(f"volcam {args.command}: error: {_os_error(err)}", file=sys.stderr)
-        return 3
-    except VolcamError as err:
+    except VolcamError as err:  # the run itself cannot go on (3), or the input is wrong (2)
         code = 3 if type(err).__name__ in ("RunStopped", "RunFolderError", "LockError", "DistributedError") else 2
         print(f"volcam {args.command}: error: {err}", file=sys.stderr)
         return code
+    except OSError as err:  # the output folder: not writable, full
+        print(f"volcam {args.command}: error: {_os_error(err)}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"volcam {args.command}: interrupted", file=sys.stderr)
         return 130

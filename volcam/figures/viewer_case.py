@@ -24,6 +24,14 @@ logger = logging.getLogger(__name__)
 RECORD_NAME = "volcam-case.json"
 
 
+def _recorded(record: dict, key: str) -> str | None:
+    """A file's path in a case record: a plain path, or the ``path`` of its recorded identity."""
+    value = record.get(key)
+    if isinstance(value, dict):
+        value = value.get("path")
+    return None if value in (None, "") else str(value)
+
+
 def _locate(recorded: str | os.PathLike[str], case_dir: Path, what: str) -> Path:
     """A recorded path as given (absolute, or relative to the working folder), else relative
     to the run folder or its parent (where a run is usually started)."""
@@ -103,9 +111,9 @@ def write_case_viewer(
             "outputs.heat_nifti: true)",
             name="case_dir",
         )
-    scan = load_image(_locate(image if image is not None else record.get("image", ""), case_dir, "scan"))
+    scan = load_image(_locate(image if image is not None else _recorded(record, "image") or "", case_dir, "scan"))
     masks = {}
-    label_path = label if label is not None else record.get("label")
+    label_path = label if label is not None else _recorded(record, "label")
     if label_path:
         label_map = load_image(_locate(label_path, case_dir, "label"))[0].numpy()
         for name, c in classes.items():
