@@ -32,12 +32,12 @@ class SliceBrowser:
         self._a = a
         self.axis = _AXIS_NAMES[a]
         self.fig = plt.figure(figsize=figsize, facecolor="black")
-        self.ax = self.fig.add_axes([0.05, 0.2, 0.8, 0.72])
+        self.ax = self.fig.add_axes((0.05, 0.2, 0.8, 0.72))
         self.artist = _show(self.ax, case, a, start, interpolation)
         self._title = self.ax.set_title(case.label(a, start), color="white", fontsize=9)
         if case.edge_letters(a):
             _letters(self.ax, case.edge_letters(a))
-        cax = self.fig.add_axes([0.87, 0.2, 0.03, 0.72])
+        cax = self.fig.add_axes((0.87, 0.2, 0.03, 0.72))
         _style_colorbar(
             self.fig.colorbar(
                 matplotlib.cm.ScalarMappable(norm=mcolors.Normalize(*case.heat_range), cmap=case.cmap),
@@ -45,8 +45,8 @@ class SliceBrowser:
                 label="CAM",
             )
         )
-        s_ax = self.fig.add_axes([0.15, 0.09, 0.65, 0.04], facecolor="0.2")
-        a_ax = self.fig.add_axes([0.15, 0.03, 0.65, 0.04], facecolor="0.2")
+        s_ax = self.fig.add_axes((0.15, 0.09, 0.65, 0.04), facecolor="0.2")
+        a_ax = self.fig.add_axes((0.15, 0.03, 0.65, 0.04), facecolor="0.2")
         n = case.shape[a]
         self.slider = Slider(s_ax, "slice", 0, max(n - 1, 1), valinit=start, valstep=1, valfmt="%d", color="0.6")
         if n == 1:  # a 2D image: nothing to browse, only the opacity

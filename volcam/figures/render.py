@@ -236,12 +236,10 @@ class _Case:
             d = d[:, ::-1]
         return d
 
-    def slab(self, vol: np.ndarray | None, a: int, k0: int, k1: int) -> np.ndarray | None:
+    def slab(self, vol: np.ndarray, a: int, k0: int, k1: int) -> np.ndarray:
         """Slices k0..k1-1 across axis a as one contiguous copy, slice-major. Copying a few
         neighbouring slices at once reads memory in whole cache lines, where one slice of
         a (X, Y, Z) array across Z would touch a cache line per voxel."""
-        if vol is None:
-            return None
         return np.ascontiguousarray(np.moveaxis(vol, a, 0)[k0:k1])
 
     def in_plane_axes(self, a: int) -> tuple[int, int]:
@@ -351,13 +349,13 @@ class _Case:
                 out[edge] = self.outline_rgb
         return out
 
-    def hottest_voxel(self) -> tuple[int, int, int]:
+    def hottest_voxel(self) -> tuple[int, ...]:
         h = np.nan_to_num(self.heat, nan=-np.inf)
         return tuple(int(i) for i in np.unravel_index(int(np.argmax(h)), self.shape))
 
     def slice_scores(self, a: int) -> np.ndarray:
         axes = tuple(i for i in range(3) if i != a)
-        return np.nansum(self.heat, axis=axes, dtype=np.float64)
+        return np.asarray(np.nansum(self.heat, axis=axes, dtype=np.float64))
 
     def choose_slices(self, a: int, n: int, select: Any) -> list[int]:
         size = self.shape[a]

@@ -198,7 +198,8 @@ def write_slice_pngs(
         workers = min(8, os.cpu_count() or 1)
 
     # jobs of up to 16 neighbouring slices: each copies its slab once (see _Case.slab)
-    jobs, run = [], []
+    jobs: list[list[tuple[int, Path]]] = []
+    run: list[tuple[int, Path]] = []
     for k, path in zip(indices, paths):
         if run and (k != run[-1][0] + 1 or len(run) == 16):
             jobs.append(run)
@@ -209,11 +210,12 @@ def write_slice_pngs(
 
     def job(items):
         k0, k1 = items[0][0], items[-1][0] + 1
-        img, hm, mk = (case.slab(v, a, k0, k1) for v in (case.image, case.heat, case.mask))
+        img, hm = case.slab(case.image, a, k0, k1), case.slab(case.heat, a, k0, k1)
+        mk = None if case.mask is None else case.slab(case.mask, a, k0, k1)
         written = []
         for k, path in items:
-            sec = [None if v is None else case.section(v[k - k0], a) for v in (img, hm, mk)]
-            rgb = finish(case.blend(*sec))
+            mask2d = None if mk is None else case.section(mk[k - k0], a)
+            rgb = finish(case.blend(case.section(img[k - k0], a), case.section(hm[k - k0], a), mask2d))
             written.append(_write_png(path, rgb, int(compress_level)))
         return written
 

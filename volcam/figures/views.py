@@ -20,7 +20,9 @@ from volcam.io.nifti import atomic_write
 # --------------------------------------------------------------------------- figures
 
 
-def _letters(ax, letters: dict, colour: str = "white", size: float = 8) -> None:
+def _letters(ax: Any, letters: dict[str, str] | None, colour: str = "white", size: float = 8) -> None:
+    if not letters:
+        return
     from matplotlib import patheffects
 
     halo = [patheffects.withStroke(linewidth=2.0, foreground="black")]
@@ -195,7 +197,7 @@ def draw_mosaic(
     return fig
 
 
-def _voxel_of_point(case: _Case, point: Sequence[float]) -> tuple[int, int, int]:
+def _voxel_of_point(case: _Case, point: Sequence[float]) -> tuple[int, ...]:
     p = np.asarray(point, dtype=np.float64).reshape(-1)
     if p.size == 2:
         p = np.r_[p, case.affine[2, 3]]

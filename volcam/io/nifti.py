@@ -193,7 +193,7 @@ def load_image(
 
 def _heat_channel_first(heat: Any, spatial: tuple, *, what: str) -> torch.Tensor:
     """[*S], [C, *S] or [1, C, *S] -> float32 tensor [C, *S] (C >= 1)."""
-    x = heat.detach() if isinstance(heat, torch.Tensor) else torch.as_tensor(np.asarray(heat))
+    x: Any = heat.detach() if isinstance(heat, torch.Tensor) else torch.as_tensor(np.asarray(heat))
     if is_meta_tensor(x):
         x = x.as_tensor()
     n = len(spatial)
@@ -356,7 +356,7 @@ def _source_file(tensor: Any) -> Path | None:
     if not isinstance(name, (str, os.PathLike)) or _nifti_suffix(Path(name)) is None or not Path(name).is_file():
         return None
     try:
-        header_only = nib.load(str(name))
+        header_only: Any = nib.load(str(name))
     except Exception:
         return None
     shape = tuple(header_only.shape[:3])
@@ -383,6 +383,7 @@ def _reference_geometry(reference: Any) -> _Geometry:
             tuple(reference.shape[1:]),
             str(name),
         )
+    img: Any
     if isinstance(reference, (nib.Nifti1Image, nib.Nifti2Image)):
         img, name = reference, reference.get_filename() or "the reference image"
     elif isinstance(reference, (str, os.PathLike)):
@@ -501,6 +502,7 @@ def save_nifti(
     data = np.ascontiguousarray(data.astype(np_dtype, copy=False))
 
     header = geo.header if geo.header is not None else nib.Nifti1Header()
+    image: Any
     if isinstance(header, nib.Nifti2Header):
         image = nib.Nifti2Image(data, geo.affine, header=header)
     else:
@@ -527,7 +529,7 @@ def save_nifti(
 
 def _heat_values(heat: Any, raw: bool) -> Any:
     """Checks a heat volume's values; clips interpolation overshoot when not raw."""
-    x = heat.detach() if isinstance(heat, torch.Tensor) else torch.as_tensor(np.asarray(heat))
+    x: Any = heat.detach() if isinstance(heat, torch.Tensor) else torch.as_tensor(np.asarray(heat))
     if is_meta_tensor(x):
         x = x.as_tensor()
     x = x.to(torch.float32)

@@ -31,7 +31,7 @@ class SourceCase:
         self.predicted = (predicted if predicted is not None else torch.zeros(1, *shape))[0] > 0.5
 
 
-def on_source_grid(image: torch.Tensor) -> bool:
+def on_source_grid(image: Any) -> bool:
     """Whether a case lies on its source scan's grid: same spatial shape and affine as
     recorded by the loader (``spatial_shape``, ``original_affine``); True when unknown."""
     meta = image.meta

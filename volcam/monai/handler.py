@@ -235,7 +235,7 @@ class CAMHandler:
         self.batch_transform = batch_transform
         self.output_transform = output_transform
         self.mask_from_label = bool(mask_from_label)
-        self.cam_args = dict(layer_output=layer_output, model_output=model_output, reshape=reshape)
+        self.cam_args: dict[str, Any] = dict(layer_output=layer_output, model_output=model_output, reshape=reshape)
         self.cam_args.update(method_args or {})
         self.transform = transform
         self.image_key = image_key
@@ -346,7 +346,7 @@ class CAMHandler:
                         "check the engine's output has a 'label' key or set `output_transform`",
                         key="output_transform",
                     )
-                targets = label_targets(self.targets, labels, device)
+                targets: Any = label_targets(self.targets, labels, device)
             else:
                 targets = self.targets
             res = cam.explain(x, targets)

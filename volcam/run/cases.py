@@ -332,7 +332,7 @@ def _check_readable(path: Path, key: str) -> None:
 
 def _cause(err: BaseException) -> str:
     """The innermost useful message of an exception chain, without object addresses."""
-    chain = []
+    chain: list[BaseException] = []
     e: BaseException | None = err
     while e is not None and len(chain) < 10:
         chain.append(e)
@@ -466,7 +466,7 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if not isinstance(err, VolcamError) else text
 
 
-class CaseDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class CaseDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Cases loaded (in ``DataLoader`` workers): each item is ``{"index", "data" | "error"}``.
 
     A case that cannot be loaded becomes an item carrying its error, so one bad file does

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ __all__ = ["extract_state_dict", "load_checkpoint", "file_digest"]
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "network", "net", "module")
 
 
-def file_digest(path: str | Path, *, chunk: int = 1 << 22) -> str:
+def file_digest(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
     """BLAKE2b digest (hex, 32 bytes) of a file's content."""
     h = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as f:

@@ -159,7 +159,13 @@ def shard(n: int, rank: int, world_size: int) -> list[int]:
 
     if n <= 0:
         return []
-    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(n),  # type: ignore[arg-type]  # any sized sequence works
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=False,
+        drop_last=False,
+    )
     own = len(range(rank, n, world_size))  # the padded repeats are the last entries of a share
     return list(sampler)[:own]
 
@@ -540,7 +546,7 @@ def run(
             if lead:
                 own += [row for _, (_, rows, _) in sorted(known.items()) for row in rows]
             reporter.finish(own)
-            if not lead:
+            if not lead or watcher is None:
                 return None
 
             while watcher.is_alive():
@@ -559,8 +565,9 @@ def run(
 
     # rank 0: one summary, in the order of the cases
     order = {c.id: i for i, c in enumerate(cases)}
+    collected = watcher.rows if watcher is not None else {}
     rows = sorted(
-        (row for r in range(world) for row in watcher.rows.get(r, [])),
+        (row for r in range(world) for row in collected.get(r, [])),
         key=lambda row: (order.get(row["case"], len(order)), int(row["class"])),
     )
     summary = write_summary(rows, folder.root / "summary.csv")
@@ -578,5 +585,5 @@ def run(
         outcome.append(CaseResult(c, status, case_rows, error=error))
     result = RunResult(outcome, summary, folder.root, processes=world)
     if result.failed:
-        _wait_for_siblings(watcher.processes, rank)
+        _wait_for_siblings(watcher.processes if watcher is not None else {}, rank)
     return result

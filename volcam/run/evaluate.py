@@ -237,7 +237,7 @@ def evaluate(
                 use_label = label is not None and options.against != "prediction"
                 reference = (
                     runner.label_region(label, category)[None, None]
-                    if use_label
+                    if label is not None and use_label
                     else runner.predicted(result.output, category)[None, None]
                 )
                 reference_kind = "label" if use_label else "prediction"
@@ -460,7 +460,7 @@ def _plot(out, pooled, sanity_plots, names, method) -> None:
     from volcam.metrics.plots import plot_curves, plot_sanity, save_figure
 
     for c, by_map in pooled.items():
-        merged = {}
+        merged: dict[str, dict[str, Any]] = {}
         for map_name, by_kind in by_map.items():
             merged[map_name] = {}
             for kind, curves in by_kind.items():

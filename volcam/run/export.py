@@ -135,7 +135,7 @@ class CaseExporter:
                 masks[f"reference: {cls.name}"] = label_region(label, cls.category)
         heats = {cls.name: cls.heat for cls in out.classes}
         stats = {cls.name: cls.row for cls in out.classes}
-        style = {"window": o.window, "cmap": o.cmap, "alpha": o.alpha, "convention": o.convention}
+        style: dict[str, Any] = {"window": o.window, "cmap": o.cmap, "alpha": o.alpha, "convention": o.convention}
         if out.raster:  # pixel units, the image's own layout
             image = image.as_tensor()[0].numpy() if hasattr(image, "as_tensor") else image
             heats = {k: v.as_tensor()[0].numpy() if hasattr(v, "as_tensor") else v for k, v in heats.items()}

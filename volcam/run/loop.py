@@ -227,7 +227,7 @@ def _one(writer: CaseWriter, case: Case, item: dict[str, Any]) -> CaseResult:
     except Exception as err:  # recorded, the run goes on
         if infrastructure_error(err):
             path = getattr(err, "filename", None) or writer.folder.root
-            raise RunStopped(f"cannot write '{path}': {err.strerror}") from err
+            raise RunStopped(f"cannot write '{path}': {getattr(err, 'strerror', err)}") from err
         if runner.device.type == "cuda":
             torch.cuda.empty_cache()
         error = describe_error(err)

@@ -110,13 +110,13 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
     """Peak memory that ``fn()`` adds on ``device``, in bytes (see the module docstring)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        start = torch.cuda.memory_allocated(device)
+        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - start)
+        return int(torch.cuda.max_memory_allocated(device) - before)
     _trim()
-    start = _status("VmRSS")
+    start: int | None = _status("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

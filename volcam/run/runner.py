@@ -173,11 +173,12 @@ class Runner:
     # ---- the computation
     def explain(self, x: torch.Tensor, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(heat [1, 1, *S], output [1, classes, *S])`` for one input, whole or by windows."""
-        if self.sliding.roi_size:
+        if self.sliding.roi_size is not None:
             from volcam.sliding import sliding_window_cam
 
             s = self.sliding
-            res = sliding_window_cam(self.cam, x, list(s.roi_size), s.sw_batch_size, s.overlap, s.mode, targets=target)
+            roi = list(self.sliding.roi_size)
+            res = sliding_window_cam(self.cam, x, roi, s.sw_batch_size, s.overlap, s.mode, targets=target)
             return res.heat, res.output
         res = self.cam.explain(x, targets=target)
         return res.heat, res.output
