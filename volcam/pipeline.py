@@ -11,7 +11,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from volcam.run.cases import CaseDataset, label_region, load_case
+from volcam.run.cases import label_region
+from volcam.run.loading import CaseDataset, load_case
 from volcam.run.loop import CaseWriter, run_cases
 from volcam.run.outdir import RECORD_NAME
 from volcam.run.runner import Runner

@@ -9,15 +9,8 @@ extra). Its main names are reachable from here too (``io.load_series``, ``io.fin
 ...), loaded on first use, so that ``import volcam.io`` never imports pydicom or highdicom.
 """
 
-from volcam.io.nifti import (
-    NIFTI_SUFFIXES,
-    atomic_write,
-    invert_to_source,
-    load_image,
-    save_heat,
-    save_heat_preprocessed,
-    save_nifti,
-)
+from volcam.io.nifti import NIFTI_SUFFIXES, atomic_write, invert_to_source, load_image
+from volcam.io.nifti_write import save_heat, save_heat_preprocessed, save_nifti
 
 __all__ = [
     "NIFTI_SUFFIXES",

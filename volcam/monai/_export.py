@@ -13,7 +13,7 @@ import torch
 
 from volcam.monai._cases import plain
 
-__all__ = ["SourceCase", "to_source", "on_source_grid", "is_dict_transform"]
+__all__ = ["SourceCase", "to_source", "on_source_grid", "is_dict_transform", "write_case"]
 
 
 class SourceCase:
@@ -117,3 +117,44 @@ def to_source(
         label_src = None if label is None else _invert(label.float(), image, transform, key, nearest=True)
         pred_src = None if pred is None else plain(_invert(pred, image, transform, key, nearest=True))
     return SourceCase(source, heat_src, None if label_src is None else plain(label_src), path, True, pred_src)
+
+
+def write_case(
+    src: SourceCase, name: str, case_dir: Path, class_name: str, settings: Any, method: str, layer: str
+) -> dict[str, Any]:
+    """Write one case of the handler with :class:`volcam.run.export.CaseExporter`, as ``volcam run``
+    writes it, into ``case_dir/<class_name>/``; a case left on the network's grid gets
+    ``heat_preprocessed.nii.gz`` instead of ``heat.nii.gz``. Returns the written files by kind."""
+    from dataclasses import replace
+
+    from volcam.run.cases import Case
+    from volcam.run.export import CaseExporter
+    from volcam.run.runner import CaseOutput, ClassOutput
+
+    outline = None if src.label is None else _foreground(src.label)
+    cls = ClassOutput(0, class_name, src.heat, src.predicted, {})
+    out = CaseOutput(Case(name, src.path or Path(name)), src.image, outline, False, [cls])
+    outputs = settings if src.on_source else replace(settings, heat_nifti=False)  # not the scan's grid
+    exporter = CaseExporter(outputs, method=method, layer=layer)
+    files = exporter.write(out, case_dir, label_region=lambda lbl, c: lbl[0] > 0)
+    if not src.on_source and settings.heat_nifti:
+        from volcam.io import save_heat_preprocessed
+
+        path = case_dir / class_name / "heat_preprocessed.nii.gz"
+        save_heat_preprocessed(src.heat, src.image, path, raw=settings.raw_heat)
+        files.append(path.relative_to(case_dir).as_posix())
+    paths = [case_dir / f for f in files]
+    written: dict[str, Any] = {"png": [p for p in paths if p.parent.name in ("axial", "coronal", "sagittal")]}
+    nifti = [p for p in paths if p.name.startswith("heat")]
+    if nifti:
+        written["nifti"] = nifti[0]
+    figure = [p for p in paths if p.name == "figure.png"]
+    if figure:
+        written["figure"] = figure[0]
+    return written
+
+
+def _foreground(label: torch.Tensor) -> torch.Tensor:
+    """``[1, *S]``: the labelled voxels (any class) of a label map or a one-hot label."""
+    label = plain(label)
+    return (label[:1] > 0) if label.shape[0] == 1 else (label[1:] > 0).any(0, keepdim=True)

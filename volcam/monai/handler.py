@@ -39,6 +39,7 @@ from torch import nn
 from volcam.errors import ConfigError, VolcamError
 from volcam.layers import LayerSpec
 from volcam.methods import BaseCAM, get_method
+from volcam.monai._batch import default_batch_transform, default_output_transform, overlay, unwrap
 from volcam.monai._cases import case_name, label_targets, plain, split_cases
 from volcam.monai._state import model_device, preserved_state
 from volcam.selectors import Selector
@@ -64,45 +65,6 @@ def _require_ignite() -> None:
             "CAMHandler needs pytorch-ignite (MONAI's engines run on it), which is not installed; "
             "install it with `pip install pytorch-ignite` or `pip install volcam[ignite]`"
         )
-
-
-def default_batch_transform(batch: Any) -> Any:
-    """The images of ``engine.state.batch``: ``batch["image"]`` of a collated dict, the
-    ``"image"`` of each dict of a decollated list, or the first tensor of an
-    ``(image, label)`` pair."""
-    key = CommonKeys.IMAGE
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, dict):
-        return batch[key]
-    if isinstance(batch, (list, tuple)) and batch:
-        first = batch[0]
-        if isinstance(first, dict):
-            return [b[key] for b in batch]
-        if isinstance(first, (list, tuple)):  # decollated (image, label) pairs
-            return [b[0] for b in batch]
-        if isinstance(first, torch.Tensor):
-            return first  # an (image [B, C, *S], label) pair, as MONAI's default_prepare_batch reads it
-    return batch
-
-
-def default_output_transform(output: Any) -> Any:
-    """The labels of ``engine.state.output`` (``"label"`` of a dict or of each dict of a
-    decollated list), or None where there are none."""
-    key = CommonKeys.LABEL
-    if isinstance(output, dict):
-        return output.get(key)
-    if isinstance(output, (list, tuple)) and output and all(isinstance(o, dict) for o in output):
-        labels = [o.get(key) for o in output]
-        return None if any(label is None for label in labels) else labels
-    return None
-
-
-def _unwrap(data: Any) -> Any:
-    # from_engine(keys) returns a 1-tuple for a collated dict and the bare list for a decollated one
-    if isinstance(data, tuple) and len(data) == 1:
-        return data[0]
-    return data
 
 
 class CAMHandler:
@@ -320,8 +282,8 @@ class CAMHandler:
             )
         if not self._due(epoch):
             return
-        images = split_cases(_unwrap(self.batch_transform(engine.state.batch)), "image")
-        labels = _unwrap(self.output_transform(engine.state.output))
+        images = split_cases(unwrap(self.batch_transform(engine.state.batch)), "image")
+        labels = unwrap(self.output_transform(engine.state.output))
         labels = None if labels is None else split_cases(labels, "label")
         if labels is not None and len(labels) != len(images):
             raise ConfigError(
@@ -371,7 +333,7 @@ class CAMHandler:
         return "cam"
 
     def _settings(self) -> Any:
-        from volcam.run.settings import OutputSettings
+        from volcam.run.outputs import OutputSettings
 
         axis = self.png_args.get("axis") or self.figure_args.get("axis") or "axial"
         figure = "mosaic" if self.figure_args.get("select") or self.figure_args.get("n") else "orthogonal"
@@ -417,10 +379,7 @@ class CAMHandler:
         ``output_dir/epoch_NNNN/<case>/<class>/``."""
         from monai.data import MetaTensor
 
-        from volcam.monai._export import to_source
-        from volcam.run.cases import Case
-        from volcam.run.export import CaseExporter
-        from volcam.run.runner import CaseOutput, ClassOutput
+        from volcam.monai._export import to_source, write_case
 
         case_dir = self.output_dir / f"epoch_{epoch:04d}" / name
         written: dict[str, Any] = {"dir": case_dir}
@@ -448,29 +407,10 @@ class CAMHandler:
                 stacklevel=2,
             )
         if self.exports:
-            outline = None if src.label is None else _foreground(src.label)
-            cls = ClassOutput(0, self.class_name, src.heat, src.predicted, {})
-            out = CaseOutput(Case(name, src.path or Path(name)), src.image, outline, False, [cls])
-            exporter = CaseExporter(
-                self._settings(), method=self.method_cls.name, layer=_layer_names(self.target_layers)
+            layer = _layer_names(self.target_layers)
+            written.update(
+                write_case(src, name, case_dir, self.class_name, self._settings(), self.method_cls.name, layer)
             )
-            exporter.outputs = exporter.outputs if src.on_source else _preprocessed_grid(exporter.outputs)
-            files = exporter.write(out, case_dir, label_region=lambda lbl, c: lbl[0] > 0)
-            if not src.on_source and "nifti" in self.exports:
-                from volcam import io as vio
-
-                path = vio.save_heat_preprocessed(
-                    heat, image, case_dir / self.class_name / "heat_preprocessed.nii.gz", raw=exporter.outputs.raw_heat
-                )
-                files.append(path.relative_to(case_dir).as_posix())
-            paths = [case_dir / f for f in files]
-            nifti = [p for p in paths if p.name.startswith("heat")]
-            if nifti:
-                written["nifti"] = nifti[0]
-            written["png"] = [p for p in paths if p.parent.name in ("axial", "coronal", "sagittal")]
-            figure = [p for p in paths if p.name == "figure.png"]
-            if figure:
-                written["figure"] = figure[0]
         if self.summary_writer is not None:
             from monai.visualize import plot_2d_or_3d_image
 
@@ -482,37 +422,7 @@ class CAMHandler:
         return written
 
 
-def _foreground(label: torch.Tensor) -> torch.Tensor:
-    """``[1, *S]``: the labelled voxels (any class) of a label map or a one-hot label."""
-    label = plain(label)
-    return (label[:1] > 0) if label.shape[0] == 1 else (label[1:] > 0).any(0, keepdim=True)
-
-
 def _layer_names(layers: Any) -> str:
     if isinstance(layers, (list, tuple)):
         return ";".join(str(x) if isinstance(x, str) else type(x).__name__ for x in layers)
     return str(layers) if isinstance(layers, str) else type(layers).__name__
-
-
-def _preprocessed_grid(outputs: Any) -> Any:
-    """Outputs of a case left on the network's grid: no heat.nii.gz (it would claim the scan's grid)."""
-    from dataclasses import replace
-
-    return replace(outputs, heat_nifti=False)
-
-
-def _jet(h: torch.Tensor) -> torch.Tensor:
-    """The 'jet' colour map of values in [0, 1]: ``[*S] -> [3, *S]``."""
-    four = 4.0 * h
-    return torch.stack([(1.5 - (four - c).abs()).clamp(0, 1) for c in (3.0, 2.0, 1.0)])
-
-
-def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """An RGB overlay ``[3, H, W]`` of ``heat`` (jet, in [0, 1]) on ``image`` (grey, min-max
-    scaled); for 3D ``[*S]`` the slice through the hottest voxel along the last axis."""
-    if image.ndim == 3:
-        k = int(heat.flatten().argmax()) % heat.shape[-1]
-        image, heat = image[..., k], heat[..., k]
-    lo, hi = image.amin(), image.amax()
-    grey = (image - lo) / (hi - lo) if hi > lo else torch.zeros_like(image)
-    return ((1 - alpha) * grey.expand(3, *grey.shape) + alpha * _jet(heat.clamp(0, 1))).clamp(0, 1)

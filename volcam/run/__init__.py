@@ -3,7 +3,7 @@
 - :mod:`~volcam.run.schema` and :mod:`~volcam.run.settings`: the keys of a config and their checks;
 - :mod:`~volcam.run.config`: loading and validation (:func:`load_config`, :class:`RunConfig`);
 - :mod:`~volcam.run.checkpoint`: weights in the usual layouts, loaded safely;
-- :mod:`~volcam.run.cases`: listing and loading cases;
+- :mod:`~volcam.run.cases` and :mod:`~volcam.run.loading`: listing cases, and loading one;
 - :mod:`~volcam.run.runner`: one case, explained and taken back to the scan;
 - :mod:`~volcam.run.export`: one case's files;
 - :mod:`~volcam.run.provenance`, :mod:`~volcam.run.plan`, :mod:`~volcam.run.outdir`: what made a

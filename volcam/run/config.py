@@ -34,113 +34,20 @@ from typing import Any
 
 from volcam.checks import did_you_mean
 from volcam.errors import ConfigError
+from volcam.run.no_eval import check_no_eval
+from volcam.run.outputs import OutputSettings
+from volcam.run.overrides import apply_overrides, id_to_key, parse_override, resolve_device
 from volcam.run.schema import MAP_SECTIONS, NO_CHECKPOINT, SECTIONS, TOP_LEVEL
 from volcam.run.settings import (
     CamSettings,
     DataSettings,
-    OutputSettings,
     SlidingSettings,
     TargetSettings,
     check_section,
     int_list,
 )
 
-__all__ = ["RunConfig", "load_config", "parse_override", "resolve_device", "SAFE_TARGET_MODULES"]
-
-#: Modules whose components a config may build with ``allow_eval=False``.
-SAFE_TARGET_MODULES = ("monai.networks", "monai.transforms", "torch.nn", "volcam")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``"key=value"`` into a MONAI config id (``a::b``) and a YAML-parsed value.
-
-    ``cam.method=hirescam`` -> ``("cam::method", "hirescam")``;
-    ``targets.classes=[1, 2]`` -> ``("targets::classes", [1, 2])``; ``checkpoint=null`` -> ``None``.
-    """
-    import yaml
-
-    if "=" not in text:
-        raise ConfigError(f"an override must be key=value, not {text!r}", key=None)
-    key, _, value_text = text.partition("=")
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"an override must be key=value with a key, not {text!r}", key=None)
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except yaml.YAMLError:
-        value = value_text
-    config_id = key.replace("::", ".").replace("#", ".").replace(".", "::")
-    return config_id, value
-
-
-def _id_to_key(config_id: str) -> str:
-    return config_id.replace("::", ".")
-
-
-def resolve_device(device: Any) -> Any:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; other strings go to :class:`torch.device`."""
-    import torch
-
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', not {device!r}", key="device") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device must be available on this machine, not {device!r} (no CUDA device)", key="device")
-    return dev
-
-
-# --------------------------------------------------------------------------- configs from others
-
-
-def _walk(node: Any, path: str) -> Any:
-    """Yield ``(dotted path, value)`` for every leaf and mapping of a raw config."""
-    yield path, node
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            yield from _walk(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(node, (list, tuple)):
-        for i, v in enumerate(node):
-            yield from _walk(v, f"{path}[{i}]")
-
-
-def _target_module(name: str) -> str | None:
-    """The module a ``_target_`` name resolves to (MONAI's short names included)."""
-    if "." in name:
-        return name.rsplit(".", 1)[0]
-    from monai.bundle import ComponentLocator
-
-    found = ComponentLocator().get_component_module_name(name)
-    if isinstance(found, list):
-        found = found[0] if found else None
-    return found
-
-
-def check_no_eval(raw: Mapping[str, Any]) -> None:
-    """Refuse what would run code: ``$`` expressions, ``%`` macros, and ``_target_`` outside
-    :data:`SAFE_TARGET_MODULES`. Raises :class:`ConfigError` naming the entry."""
-    for path, value in _walk(raw, ""):
-        if isinstance(value, str) and value.startswith(("$", "%")):
-            what = "a $ expression (Python code)" if value.startswith("$") else "a % macro"
-            raise ConfigError(
-                f"{path or 'config'} must not be {what} when expressions are refused (--no-eval), not {value[:80]!r}; "
-                "read the config and run it without --no-eval only if you trust it like a script",
-                key=path or None,
-            )
-        if isinstance(value, Mapping) and "_target_" in value:
-            target = value["_target_"]
-            module = _target_module(target) if isinstance(target, str) else None
-            if module is None or not module.startswith(SAFE_TARGET_MODULES):
-                raise ConfigError(
-                    f"{path}._target_ must name a component of {', '.join(SAFE_TARGET_MODULES)} when expressions "
-                    f"are refused (--no-eval), not {target!r}",
-                    key=f"{path}._target_",
-                )
-
-
-# --------------------------------------------------------------------------- the config
+__all__ = ["RunConfig", "load_config", "parse_override", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -281,7 +188,7 @@ class RunConfig:
         """
         from monai.transforms import Compose, LoadImaged, MapTransform
 
-        from volcam.run.cases import loading_transforms
+        from volcam.run.loading import loading_transforms
 
         items = self.parsed("preprocessing", [])
         if isinstance(items, Compose):
@@ -343,7 +250,7 @@ def _resolved(parser: Any, config_id: str) -> Any:
     try:
         return parser.get_parsed_content(config_id)
     except Exception as err:
-        key = _id_to_key(config_id)
+        key = id_to_key(config_id)
         raise ConfigError(f"{key} could not be resolved: {err}", key=key) from err
 
 
@@ -377,30 +284,6 @@ def _read(source: Any) -> tuple[dict[str, Any], Path | None]:
     if not isinstance(content, Mapping):
         raise ConfigError(f"CONFIG must hold a mapping of keys, not {type(content).__name__}", key="CONFIG")
     return dict(content), path
-
-
-def _apply_overrides(parser: Any, overrides: Sequence[str] | Mapping[str, Any]) -> None:
-    pairs = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
-    for config_id, value in pairs:
-        config_id = str(config_id).replace(".", "::") if "::" not in str(config_id) else str(config_id)
-        parts = config_id.split("::")
-        key = _id_to_key(config_id)
-        if parts[0] not in TOP_LEVEL:
-            raise ConfigError(
-                f"--override {key}: {parts[0]} is not a key of a run config (keys: {', '.join(TOP_LEVEL)})"
-                f"{did_you_mean(parts[0], TOP_LEVEL)}",
-                key=key,
-            )
-        if parts[0] in SECTIONS and len(parts) > 1 and parts[1] not in SECTIONS[parts[0]]:
-            raise ConfigError(
-                f"--override {key}: {parts[1]} is not a setting of {parts[0]}"
-                f"{did_you_mean(parts[1], SECTIONS[parts[0]])}",
-                key=key,
-            )
-        try:
-            parser.set(value, config_id, recursive=True)
-        except (KeyError, IndexError, ValueError, TypeError) as err:
-            raise ConfigError(f"--override {key} must name an entry of the config, not ({err})", key=key) from err
 
 
 def _spatial_dims(value: Any, raw: Mapping[str, Any]) -> int:
@@ -457,7 +340,7 @@ def load_config(
     if not allow_eval:
         check_no_eval(content)
     parser = ConfigParser(content)
-    _apply_overrides(parser, overrides)
+    apply_overrides(parser, overrides)
     raw = parser.get()
     if not allow_eval:
         check_no_eval(raw)  # values given by --override too

@@ -28,13 +28,7 @@ score of the whole perturbed image.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -44,12 +38,12 @@ from typing import Any
 
 from volcam.errors import ConfigError
 from volcam.run.config import RunConfig
+from volcam.run.evaluate_report import SANITY_KINDS, mean, number, plot, summarise, write_outputs
+from volcam.run.evaluate_report import table as table_of
 
 __all__ = ["SANITY_KINDS", "EvaluateOptions", "Evaluation", "evaluate"]
 
 log = logging.getLogger(__name__)
-
-SANITY_KINDS = ("cascading", "independent", "label")
 
 
 @dataclass(frozen=True)
@@ -120,54 +114,6 @@ class Evaluation:
     seconds: float = 0.0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in columns})
-    _write_atomic(path, buf.getvalue())
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    if isinstance(v, bool):
-        return int(v)
-    return "" if v is None else v
-
-
-def _num(v) -> float:
-    return float(v)
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _mean(values) -> float:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
 def evaluate(
     config: RunConfig,
     options: EvaluateOptions = EvaluateOptions(),
@@ -185,7 +131,7 @@ def evaluate(
     from volcam.errors import TargetError, VolcamError
     from volcam.metrics import component_localisation, faithfulness, localisation
     from volcam.metrics.sanity import label_randomisation, model_randomisation
-    from volcam.run.cases import load_case
+    from volcam.run.loading import load_case
     from volcam.run.runner import Runner
 
     say = say or log.info
@@ -254,11 +200,11 @@ def evaluate(
                         "map": map_name,
                         "reference": reference_kind,
                         "reference_volume": volume,
-                        "score": _num(result.scores[0]),
+                        "score": number(result.scores[0]),
                     }
                     if volume > 0:
                         loc = localisation(heat, reference, level=options.level)
-                        row.update({k: _num(v[0]) for k, v in loc.items()})
+                        row.update({k: number(v[0]) for k, v in loc.items()})
                         comps = component_localisation(heat, reference, level=options.level)
                         for j in range(comps["batch"].numel()):
                             component_rows.append(
@@ -268,7 +214,7 @@ def evaluate(
                                     "class_name": names[category],
                                     "map": map_name,
                                     **{
-                                        k: (int(v[j]) if k in ("component", "volume") else _num(v[j]))
+                                        k: (int(v[j]) if k in ("component", "volume") else number(v[j]))
                                         for k, v in comps.items()
                                         if k != "batch"
                                     },
@@ -289,9 +235,11 @@ def evaluate(
                             model_output=cam.model_output,
                             generator=torch.Generator().manual_seed(options.seed),
                         )
-                    row["baseline_kept"] = _num(curves["deletion"].baseline_score[0] / curves["deletion"].reference[0])
+                    row["baseline_kept"] = number(
+                        curves["deletion"].baseline_score[0] / curves["deletion"].reference[0]
+                    )
                     for kind, curve in curves.items():
-                        row[f"{kind}_auc"] = _num(curve.auc[0])
+                        row[f"{kind}_auc"] = number(curve.auc[0])
                         pooled.setdefault(category, {}).setdefault(map_name, {}).setdefault(kind, []).append(curve)
                         curves_json.append(
                             {
@@ -301,10 +249,10 @@ def evaluate(
                                 "kind": kind,
                                 "fractions": curve.fractions.tolist(),
                                 "scores": curve.scores[0].tolist(),
-                                "image_score": _num(curve.reference[0]),
-                                "baseline_score": _num(curve.baseline_score[0]),
+                                "image_score": number(curve.reference[0]),
+                                "baseline_score": number(curve.baseline_score[0]),
                                 "relative": curve.relative[0].tolist(),
-                                "auc": _num(curve.auc[0]),
+                                "auc": number(curve.auc[0]),
                             }
                         )
                     metric_rows.append(row)
@@ -329,8 +277,8 @@ def evaluate(
                                     "check": kind,
                                     "step": step + 1,
                                     "randomised": name,
-                                    "spearman": _num(res.spearman[step, 0]),
-                                    "ssim": _num(res.ssim[step, 0]),
+                                    "spearman": number(res.spearman[step, 0]),
+                                    "ssim": number(res.ssim[step, 0]),
                                     "flagged": bool(res.flagged[step, 0]),
                                     "unchanged": bool(res.unchanged[0]) if step == len(res.steps) - 1 else "",
                                 }
@@ -351,14 +299,14 @@ def evaluate(
             + f"  ({time.perf_counter() - t0:.1f} s)"
         )
 
-    summary = _summarise(metric_rows, sanity_rows, classes, names)
-    _write_outputs(out, options, config, metric_rows, component_rows, sanity_rows, curves_json, summary)
-    _plot(out, pooled, sanity_plots, names, method)
-    table = _table(summary)
+    summary = summarise(metric_rows, sanity_rows, classes, names)
+    write_outputs(out, options, config, metric_rows, component_rows, sanity_rows, curves_json, summary)
+    plot(out, pooled, sanity_plots, names, method)
+    table = table_of(summary)
     say(table)
     notes = []
     for c in classes:  # per class: one weak class is not hidden by the mean over classes
-        kept = _mean(r.get("baseline_kept") for r in metric_rows if r["class"] == c and r["map"] == method)
+        kept = mean(r.get("baseline_kept") for r in metric_rows if r["class"] == c and r["map"] == method)
         if kept > 0.5:
             notes.append(
                 f"volcam evaluate: note: for {names[c]}, the baseline image keeps {kept:.0%} of the score on "
@@ -373,127 +321,3 @@ def evaluate(
         + (f"; {failures} failure(s)" if failures else "")
     )
     return Evaluation(out, summary, failures, table, notes, seconds)
-
-
-METRICS = ["energy", "pointing", "iou", "dice", "deletion_auc", "insertion_auc"]
-
-
-def _summarise(metric_rows, sanity_rows, classes, names) -> dict:
-    out: dict = {}
-    for c in classes:
-        rows = [r for r in metric_rows if r["class"] == c]
-        maps = list(dict.fromkeys(r["map"] for r in rows))
-        entry = {
-            "maps": {m: {k: _mean(r.get(k) for r in rows if r["map"] == m) for k in METRICS} for m in maps},
-            "cases": len({r["case"] for r in rows}),
-        }
-        sanity = {}
-        for check in SANITY_KINDS:
-            last = [r for r in sanity_rows if r["class"] == c and r["check"] == check and r["unchanged"] != ""]
-            if last:
-                steps = [r for r in sanity_rows if r["class"] == c and r["check"] == check]
-                valid = [r["spearman"] for r in steps if not math.isnan(r["spearman"])]
-                sanity[check] = {
-                    "cases": len(last),
-                    "unchanged": sum(bool(r["unchanged"]) for r in last),
-                    "final_spearman": _mean(r["spearman"] for r in last),
-                    "final_ssim": _mean(r["ssim"] for r in last),
-                    "max_spearman": max(valid, default=float("nan")),
-                    "min_spearman": min(valid, default=float("nan")),
-                }
-        entry["sanity"] = sanity
-        out[names[c]] = entry
-    return out
-
-
-def _write_outputs(out, options, config, metric_rows, component_rows, sanity_rows, curves_json, summary) -> None:
-    _write_csv(
-        out / "metrics.csv",
-        metric_rows,
-        [
-            "case",
-            "class",
-            "class_name",
-            "map",
-            "reference",
-            "reference_volume",
-            "score",
-            *METRICS,
-            "baseline_kept",
-            "components",
-        ],
-    )
-    _write_csv(
-        out / "components.csv",
-        component_rows,
-        ["case", "class", "class_name", "map", "component", "volume", "energy", "peak", "hit", "iou", "dice"],
-    )
-    _write_csv(
-        out / "sanity.csv",
-        sanity_rows,
-        ["case", "class", "class_name", "check", "step", "randomised", "spearman", "ssim", "flagged", "unchanged"],
-    )
-    _write_atomic(out / "curves.json", json.dumps(_json_safe(curves_json)) + "\n")
-    settings = {
-        "config": str(config.path) if config.path else None,
-        "method": config["cam.method"],
-        "target_layers": config["cam.target_layers"],
-        "against": options.against,
-        "level": options.level,
-        "steps": options.steps,
-        "baseline": options.baseline,
-        "sigma": options.sigma,
-        "sanity": options.sanity,
-        "sanity_cases": options.sanity_cases,
-        "threshold": options.threshold,
-        "seed": options.seed,
-    }
-    _write_atomic(
-        out / "summary.json", json.dumps(_json_safe({"settings": settings, "classes": summary}), indent=2) + "\n"
-    )
-
-
-def _plot(out, pooled, sanity_plots, names, method) -> None:
-    import torch
-
-    from volcam.metrics.faithfulness import Curve
-    from volcam.metrics.plots import plot_curves, plot_sanity, save_figure
-
-    for c, by_map in pooled.items():
-        merged: dict[str, dict[str, Any]] = {}
-        for map_name, by_kind in by_map.items():
-            merged[map_name] = {}
-            for kind, curves in by_kind.items():
-                merged[map_name][kind] = Curve(
-                    kind,
-                    curves[0].fractions,
-                    torch.cat([cv.scores for cv in curves]),
-                    torch.cat([cv.reference for cv in curves]),
-                    torch.cat([cv.baseline_score for cv in curves]),
-                    torch.cat([cv.relative for cv in curves]),
-                    torch.cat([cv.auc for cv in curves]),
-                )
-        n = next(iter(merged.values()))["deletion"].auc.numel()
-        versus = " vs random map" if "random" in merged else ""
-        fig = plot_curves(merged, title=f"{names[c]}: {method}{versus}, {n} case(s)")
-        save_figure(fig, out / "plots" / f"curves_{names[c]}.png")
-    for case_id, c, results in sanity_plots:
-        fig = plot_sanity(results, title=f"{case_id}, {names[c]}: {method} under randomisation")
-        save_figure(fig, out / "plots" / f"sanity_{case_id}_{names[c]}.png")
-
-
-def _table(summary: dict) -> str:
-    lines = [f"{'class':<12}{'map':<12}" + "".join(f"{k:>15}" for k in METRICS)]
-    for cname, entry in summary.items():
-        for m, vals in entry["maps"].items():
-            lines.append(f"{cname:<12}{m:<12}" + "".join(f"{vals[k]:>15.3f}" for k in METRICS))
-        for check, s in entry["sanity"].items():
-            if check == "cascading":
-                said = f"Spearman {s['final_spearman']:.3f}, SSIM {s['final_ssim']:.3f} after the full cascade"
-            else:
-                said = f"highest Spearman over the steps {s['max_spearman']:.3f}"
-            lines.append(
-                f"{cname:<12}{check + ' randomisation':<24} {said}; "
-                f"unchanged in {s['unchanged']} of {s['cases']} case(s)"
-            )
-    return "\n".join(lines)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from volcam.run.outputs import OutputSettings
 from volcam.run.runner import CaseOutput, ClassOutput
-from volcam.run.settings import OutputSettings
 
 __all__ = ["CaseExporter", "display_image"]
 

@@ -36,10 +36,11 @@ from typing import Any
 import torch
 
 from volcam.errors import ImageReadError, VolcamError
-from volcam.run.cases import Case, CaseDataset, describe_error
+from volcam.run.cases import Case
 from volcam.run.checkpoint import file_digest
 from volcam.run.config import RunConfig, load_config
 from volcam.run.export import CaseExporter
+from volcam.run.loading import CaseDataset, describe_error
 from volcam.run.outdir import RECORD_NAME, OutputFolder, RunFolderError
 from volcam.run.plan import RunPlan, check_names, failed_rows, plan_cases
 from volcam.run.provenance import input_identity, map_provenance

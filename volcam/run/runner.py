@@ -2,7 +2,7 @@
 
 :class:`Runner` builds the network (once, on its device), the CAM method and the
 preprocessing from a :class:`~volcam.run.config.RunConfig`; :meth:`Runner.explain_case`
-turns one loaded case (:func:`volcam.run.cases.load_case`) into a :class:`CaseOutput`: per
+turns one loaded case (:func:`volcam.run.loading.load_case`) into a :class:`CaseOutput`: per
 class, the heat volume on the scan's own grid, the predicted region there, and the
 statistics of its summary row. Nothing is written here (:mod:`volcam.run.export` does that).
 
