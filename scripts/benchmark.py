@@ -699,6 +699,122 @@ def bench_png(args, log) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- HTML viewer
+def _page_meta(path: Path) -> dict:
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    return json.loads(re.search(r'<script type="application/json" id="volcam-meta">(.*?)</script>', text, re.S)[1])
+
+
+def _open_seconds(path: Path, repeats: int) -> list[float] | None:
+    """Seconds from navigation to a drawn page in headless Chromium (None without Chromium)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from chromium_cdp import Chromium, chromium_executable
+
+        chromium_executable()
+    except (ImportError, RuntimeError):
+        return None
+    times = []
+    with Chromium(1400, 900) as browser:
+        for _ in range(repeats):
+            page = browser.page()
+            t0 = time.perf_counter()
+            page.goto(path)
+            page.evaluate("volcamViewer.ready.then(() => true)", timeout=300)
+            times.append(time.perf_counter() - t0)
+            assert page.errors() == [], page.errors()
+            page.send("Page.close")
+    return times
+
+
+def bench_viewer(args, log) -> dict:
+    """A case's HTML viewer (``volcam.figures.viewer.write_viewer``) of a 512x512xN CT-like
+    volume with one and with three classes: build time, page size, and the time headless
+    Chromium takes to open and draw it."""
+    try:
+        from volcam.figures.viewer import write_viewer
+    except ImportError as err:
+        return {"pending": f"volcam.figures.viewer is not available in this checkout ({err})"}
+    import numpy as np
+
+    shape = (512, 512, args.viewer_slices)
+    image, heat = ct_phantom(shape)
+    image = np.rint(image)  # CT files hold integer HU (float32 once loaded)
+    affine = np.diag([-0.7, -0.7, 1.5, 1.0])
+    variants = {
+        "1 class": {"liver": heat},
+        "3 classes": {"liver": heat, "kidney": heat**2, "tumour": np.roll(heat, 60, axis=0)},
+    }
+    out = {
+        "shape": list(shape),
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],  # other work on the machine, before the run
+        "content": "CT-like phantom, integer HU",
+        "rows": [],
+    }
+    for name, heats in variants.items():
+        times = []
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "viewer.html"
+            for _ in range(args.viewer_repeats):
+                t0 = time.perf_counter()
+                write_viewer(image, heats, path, affine=affine)
+                times.append(time.perf_counter() - t0)
+            meta = _page_meta(path)
+            opened = _open_seconds(path, 2) if args.viewer_browser else None
+            row = {
+                "variant": name,
+                "mb": path.stat().st_size / 1e6,
+                "factors": meta["factors"],
+                "display_shape": meta["shape"],
+                "open_s": statistics.median(opened) if opened else None,
+                **summarize(times),
+            }
+        log(f"  viewer, {name}: {row['median_ms'] / 1000:.2f} s, {row['mb']:.1f} MB, factors {row['factors']}")
+        out["rows"].append(row)
+    return out
+
+
+def viewer_markdown(viewer: dict | None) -> list[str]:
+    """The viewer section of the report, with its two targets."""
+    if not viewer:
+        return []
+    lines = ["## HTML viewer", ""]
+    if viewer.get("pending"):
+        return lines + [f"Pending: {viewer['pending']}.", ""]
+    shape = "x".join(map(str, viewer["shape"]))
+    lines += [
+        f"`write_viewer` on a {shape} {viewer['content']}, {viewer['cpu_count']} cores, load average "
+        f"{viewer.get('load_average', ['?'])[0]} before the run (build: median of the runs; open: navigation "
+        "to the first drawn planes in headless Chromium).",
+        "",
+        "| classes | build (s) | runs | page (MB) | shown at | reduced by | open (s) |",
+        "|---|---:|---:|---:|---|---|---:|",
+    ]
+    for r in viewer["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['median_ms'] / 1000:.2f} | {r['n']} | {r['mb']:.1f} | "
+            f"{'x'.join(map(str, r['display_shape']))} | {'x'.join(map(str, r['factors']))} | "
+            f"{_fmt(r['open_s'], '.1f')} |"
+        )
+    one = viewer["rows"][0]
+    targets = [
+        _target(
+            f"viewer build, {shape}, 1 class ({viewer['cpu_count']} cores): seconds",
+            one["median_ms"] / 1000,
+            10.0,
+            "max",
+        ),
+        _target(f"viewer page, {shape}, 1 class: MB", one["mb"], 25.0, "max"),
+    ]
+    lines += ["", "| target | measured | limit | met |", "|---|---:|---:|---|"]
+    for t in targets:
+        lines.append(f"| {t['target']} | {t['value']:.2f} | <= {t['limit']} | {'yes' if t['met'] else '**no**'} |")
+    return lines + [""]
+
+
 # --------------------------------------------------------------------------- targets
 def _target(name: str, value: float | None, limit: float, kind: str) -> dict:
     """``kind`` 'max': value must be <= limit; 'min': value must be >= limit."""
@@ -907,6 +1023,7 @@ def markdown(report: dict) -> str:
                 "volcam.figures.save_slice_pngs, soft-tissue window, otherwise its defaults.",
                 "",
             ]
+    lines += viewer_markdown(report.get("viewer"))
     if report["targets"]:
         lines += [
             "## Targets",
@@ -1043,6 +1160,10 @@ def parse_args(argv=None):
     p.add_argument("--png", action="store_true", help="time the export of slice PNGs (CPU)")
     p.add_argument("--png-slices", type=int, default=300)
     p.add_argument("--png-repeats", type=int, default=3)
+    p.add_argument("--viewer", action="store_true", help="time the HTML viewer of a 512x512 CT-like case (CPU)")
+    p.add_argument("--viewer-slices", type=int, default=300)
+    p.add_argument("--viewer-repeats", type=int, default=3)
+    p.add_argument("--viewer-browser", action=argparse.BooleanOptionalAction, default=True, help="time opening it")
     p.add_argument(
         "--render",
         type=Path,
@@ -1071,6 +1192,7 @@ def render(paths: list[Path], out: Path | None) -> int:
         merged["rows"] += rep["rows"]
         merged["sliding"] += rep.get("sliding", [])
         merged["png"] = merged["png"] or rep.get("png")
+        merged["viewer"] = merged.get("viewer") or rep.get("viewer")
         merged["breakdown"] += rep.get("breakdown", [])
     merged["targets"] = check_targets(merged["rows"], merged["sliding"], merged["png"])
     if len(reports) > 1:
@@ -1171,6 +1293,9 @@ def main(argv=None) -> int:
     if args.png:
         report["png"] = bench_png(args, log)
         save()
+    if args.viewer:
+        report["viewer"] = bench_viewer(args, log)
+        save()
     for case, device, dev_args in to_profile:
         for layer_name in LAYERS[case.network]:
             log(f"[{device.type}] profile {case.label} @ {layer_name}")
@@ -1183,6 +1308,8 @@ def main(argv=None) -> int:
     md = markdown(report)
     print()
     print(md[md.find("## Sliding") :] if "## Sliding" in md else md[md.find("## Targets") :])
+    if args.viewer:
+        print("\n".join(viewer_markdown(report["viewer"])))
     if args.out:
         log(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.md'}")
     return 0

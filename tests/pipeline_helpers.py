@@ -109,3 +109,21 @@ class GatedUNet(UNet):
                     raise RuntimeError("gate never opened")
                 time.sleep(0.02)
         return super().forward(x)
+
+
+class BrightnessNet(torch.nn.Module):
+    """A network whose class 1 is the image itself (``relu(x)``) and class 0 its negative: the CAM of
+    class 1 at ``feat`` (HiResCAM, whole volume) is the image, so it peaks where the image does."""
+
+    def __init__(self, dims: int = 3):
+        super().__init__()
+        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+        self.feat = conv(1, 1, 1, bias=False)
+        self.act = torch.nn.ReLU()
+        self.head = conv(1, 2, 1, bias=False)
+        with torch.no_grad():
+            self.feat.weight.fill_(1.0)
+            self.head.weight.copy_(torch.tensor([-1.0, 1.0]).view(2, 1, *([1] * dims)))
+
+    def forward(self, x):
+        return self.head(self.act(self.feat(x)))

@@ -55,7 +55,7 @@ def test_dataset_layout(tmp_path):
 
 def test_demo_end_to_end_short_training(tmp_path, capsys):
     out = tmp_path / "demo"
-    result = run_demo(out, steps=3, max_seconds=None, n_train=2, n_test=1, shape=(32, 28, 16))
+    result = run_demo(out, steps=3, max_seconds=None, n_train=2, n_test=1, shape=(32, 28, 16), log=print)
     printed = capsys.readouterr().out
     assert result["exit_status"] == 0 and result["steps"] == 3
     assert set(result["dice"]) == {1, 2} and all(0 <= d <= 1 for d in result["dice"].values())

@@ -13,10 +13,11 @@ import sys
 
 # command name -> (module, one-line help)
 COMMANDS = {
-    "run": ("volcam.commands.run", "explain every case of a NIfTI dataset described by a config"),
+    "run": ("volcam.commands.run", "explain every case of a dataset described by a config"),
     "layers": ("volcam.commands.layers", "list the modules of a config's network with their output shapes"),
     "demo": ("volcam.commands.demo", "make a small synthetic dataset, train a small 3D U-Net, explain it"),
     "evaluate": ("volcam.commands.evaluate", "localisation, faithfulness and sanity checks of CAMs"),
+    "view": ("volcam.commands.view", "(re)build the HTML viewer of a case (or every case of a run) from its files"),
 }
 
 
@@ -42,22 +43,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _logging(quiet: bool) -> None:
+    """volcam's log messages (a lock taken over, a replacement finished) on standard error."""
+    import logging
+
+    logger = logging.getLogger("volcam")
+    if not any(getattr(h, "_volcam", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._volcam = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see ``volcam run --help``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_main", None) is None:
         parser.print_help()
         return 2
-    from volcam.errors import VolcamError
+    from volcam.errors import ConfigError, VolcamError
 
+    _logging(bool(getattr(args, "quiet", False)))
     try:
         return int(args._main(args) or 0)
-    except VolcamError as err:
+    except ConfigError as err:
         print(f"volcam {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the output folder: locked, not writable, full (volcam's own errors included)
+        print(f"volcam {args.command}: error: {_os_error(err)}", file=sys.stderr)
+        return 3
+    except VolcamError as err:
+        code = 3 if type(err).__name__ in ("RunStopped", "RunFolderError", "LockError", "DistributedError") else 2
+        print(f"volcam {args.command}: error: {err}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"volcam {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error(err: OSError) -> str:
+    from volcam.errors import VolcamError
+
+    if isinstance(err, VolcamError) or err.filename is None:
+        return str(err)
+    return f"cannot use '{err.filename}': {err.strerror}"
 
 
 if __name__ == "__main__":

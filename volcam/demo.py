@@ -15,9 +15,11 @@ the scans' own grids also exercise the inversion of the preprocessing.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,8 @@ __all__ = [
     "held_out_dice",
     "run_demo",
 ]
+
+_log = logging.getLogger(__name__)
 
 DEMO_SHAPE = (64, 64, 40)
 DEMO_SPACING = (1.5, 1.5, 2.5)
@@ -210,7 +214,7 @@ def train(
     batch_size: int = 2,
     lr: float = 1e-2,
     seed: int = 0,
-    log=print,
+    log: Any = None,
 ):
     """Train ``config``'s network on the ``training`` section of ``dataset_json`` (CPU).
 
@@ -286,6 +290,7 @@ def run_demo(
     n_test: int = 4,
     seed: int = 0,
     quiet: bool = False,
+    log: Any = None,
     device: str = "cpu",
     shape=DEMO_SHAPE,
 ) -> dict:
@@ -301,10 +306,11 @@ def run_demo(
     import torch
     import yaml
 
-    from volcam import pipeline
     from volcam.config import load_config
+    from volcam.run.loop import run
 
-    log = (lambda *a, **k: None) if quiet else print
+    say = log or _log.info
+    log = (lambda *a, **k: None) if quiet else (lambda *a, **k: say(" ".join(str(x) for x in a)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"volcam demo: writing a synthetic dataset to {out_dir / 'data'}")
@@ -345,7 +351,7 @@ def run_demo(
         )
 
     log(f"volcam demo: explaining the {n_test} held-out cases with {config_path}")
-    status = pipeline.run(config, quiet=quiet, overwrite=True)
+    status = run(config, quiet=quiet, overwrite=True, on_line=log).exit_code
     outputs = Path(config["outputs.dir"])
     log(f"volcam demo: done. Heat volumes, slice PNGs and figures are in {outputs}/<case>/<class>/,")
     log(f"             the summary table is {outputs / 'summary.csv'}.")

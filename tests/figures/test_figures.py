@@ -24,7 +24,7 @@ import torch
 from nibabel.testing import data_path
 
 from volcam import figures
-from volcam.errors import ConfigError, ShapeError, ValueRangeError
+from volcam.errors import ArgumentError, ShapeError, ValueRangeError
 
 ANATOMICAL = Path(data_path) / "anatomical.nii"
 LAS = np.diag([-2.0, 2.0, 3.0, 1.0])
@@ -238,15 +238,15 @@ def test_heat_shape_must_match_and_nothing_is_written(volume, tmp_path):
 
 def test_bad_options(volume, tmp_path):
     image, heat = volume
-    with pytest.raises(ConfigError, match="`axis` must be one of .*not 'transverse'"):
+    with pytest.raises(ArgumentError, match="`axis` must be one of .*not 'transverse'"):
         figures.save_slice_pngs(image, heat, tmp_path, affine=LAS, axis="transverse")
-    with pytest.raises(ConfigError, match="`convention` must be one of"):
+    with pytest.raises(ArgumentError, match="`convention` must be one of"):
         figures.mosaic(image, heat, affine=LAS, convention="left")
-    with pytest.raises(ConfigError, match=r"`window` must be \(low, high\) with low < high"):
+    with pytest.raises(ArgumentError, match=r"`window` must be \(low, high\) with low < high"):
         figures.mosaic(image, heat, affine=LAS, window=(5, 5))
-    with pytest.raises(ConfigError, match="`cmap` must be a matplotlib colormap .*not 'jett'"):
+    with pytest.raises(ArgumentError, match="`cmap` must be a matplotlib colormap .*not 'jett'"):
         figures.mosaic(image, heat, affine=LAS, cmap="jett")
-    with pytest.raises(ConfigError, match="`affine` is needed"):
+    with pytest.raises(ArgumentError, match="`affine` is needed"):
         figures.mosaic(image, heat)
     with pytest.raises(ValueRangeError, match=r"axial slice index must lie in \[0, 4\], not 7"):
         figures.save_slice_pngs(image, heat, tmp_path, affine=LAS, slices=[7])
@@ -308,7 +308,10 @@ def test_orthogonal_views_through_the_hottest_voxel(volume):
     assert axial.lines[0].get_ydata()[0] == 4 and axial.lines[1].get_xdata()[0] == 1
     np.testing.assert_array_equal(np.asarray(axial.images[0].get_array())[4, 1], JET_TOP)
     world = LAS[:3, :3] @ [1, 2, 3] + LAS[:3, 3]
-    assert f"({world[0]:+.1f}, {world[1]:+.1f}, {world[2]:+.1f}) mm, voxel (1, 2, 3)" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text()
+    assert f"({world[0]:+.1f}, {world[1]:+.1f}, {world[2]:+.1f}) mm" in title and "scan voxel 1 2 3" in title
+    # the slice numbers in the title are those of the panels
+    assert f"axial 3, coronal 2, sagittal {X - 1 - 1}" in title
     assert len(fig.axes) == 4  # three views and the colourbar
 
 
@@ -316,7 +319,7 @@ def test_orthogonal_views_at_a_world_point(volume):
     image, heat = volume
     point = LAS[:3, :3] @ [4, 5, 1] + LAS[:3, 3] + [0.4, -0.3, 0.6]
     fig = figures.orthogonal_views(image, heat, affine=LAS, point=point)
-    assert "voxel (4, 5, 1)" in fig._suptitle.get_text()
+    assert "scan voxel 4 5 1" in fig._suptitle.get_text()
     assert fig.axes[0].get_title().startswith("axial 1")
     with pytest.raises(ValueRangeError, match="`point` must lie inside the image"):
         figures.orthogonal_views(image, heat, affine=LAS, point=(500.0, 0.0, 0.0))
@@ -356,7 +359,7 @@ def test_save_figure_is_atomic(volume, tmp_path, monkeypatch):
     fig = figures.orthogonal_views(image, heat, affine=LAS)
     out = figures.save_figure(fig, tmp_path / "views.png", dpi=50)
     assert mimage.imread(out).shape[2] in (3, 4)
-    with pytest.raises(ConfigError, match=r"figure path must end in one of .*views\.nii"):
+    with pytest.raises(ArgumentError, match=r"figure path must end in one of .*views\.nii"):
         figures.save_figure(fig, tmp_path / "views.nii")
 
     def broken(path, **kwargs):
@@ -385,7 +388,7 @@ def test_2d_figures():
     affine = np.diag([0.8, 1.2, 1.0, 1.0])
     fig = figures.orthogonal_views(image, heat, affine=affine)
     assert len(fig.axes) == 2 and fig.axes[0].get_title().startswith("axial 0")
-    assert "voxel (2, 1)" in fig._suptitle.get_text()
+    assert "scan voxel 2 1" in fig._suptitle.get_text()
     b = figures.browse(image, heat, affine=affine)
     assert b.index == 0 and not b.slider.ax.get_visible()
     b.alpha_slider.set_val(1.0)

@@ -196,9 +196,13 @@ def test_bad_inputs():
 
 def test_a_weak_baseline_is_reported():
     x = literal()
-    with pytest.warns(UserWarning, match=r"the baseline image keeps 80% of the image's score for sample\(s\) \[0\]"):
+    with pytest.warns(UserWarning, match=r"the baseline image is weak \(sample 0: removes only 20% of the score\)"):
         d = deletion_curve(Identity1(), x, x, steps=4, baseline=2.0)
     assert d.baseline_score.tolist() == [8.0]
+    # a baseline that raises the score says so, never "keeps -1503%"
+    with pytest.warns(UserWarning, match=r"sample 0: raises the score by 900%") as caught:
+        deletion_curve(Identity1(), x, x, steps=4, baseline=25.0)
+    assert "%," not in str(caught[0].message) and "-" not in str(caught[0].message).split("(")[1].split(")")[0]
     assert d.relative[0].tolist() == pytest.approx([1.0, 0.0, -0.5, -0.5, 0.0])  # (s - 8) / 2
 
 

@@ -304,7 +304,7 @@ def test_evaluate_command_user_errors(tmp_path, capsys):
     assert "volcam evaluate: error: CONFIG must be an existing .yaml/.json file" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text("network_def: {_target_: torch.nn.Identity}\n")
     assert main(["evaluate", str(tmp_path / "c.yaml"), "--steps", "0"]) == 2
-    assert "--steps must be a positive integer, not 0" in capsys.readouterr().err
+    assert "--steps must be a positive int, not 0" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "c.yaml"), "--baseline", "black"]) == 2
     assert "--baseline must be blur, min, mean or a number, not 'black'" in capsys.readouterr().err
 

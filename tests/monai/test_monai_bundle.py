@@ -56,10 +56,10 @@ def test_bundle_config_runs_evaluator_with_handler(tmp_path):
     network = parser.get_parsed_content("network")
     assert hook_count(network) == 0
     written = sorted(p.relative_to(tmp_path / "cams").as_posix() for p in (tmp_path / "cams").rglob("*.nii.gz"))
-    assert written == ["epoch_0001/p0_image/heat.nii.gz", "epoch_0001/p1_image/heat.nii.gz"]
+    assert written == ["epoch_0001/p0_image/class1/heat.nii.gz", "epoch_0001/p1_image/class1/heat.nii.gz"]
     cam = volcam.GradCAM(network.eval(), "model.1.submodule")
     for i in range(2):
-        heat = nib.load(tmp_path / "cams" / "epoch_0001" / f"p{i}_image" / "heat.nii.gz")
+        heat = nib.load(tmp_path / "cams" / "epoch_0001" / f"p{i}_image" / "class1" / "heat.nii.gz")
         np.testing.assert_allclose(heat.affine, AFFINE)
         assert heat.shape == (16, 16, 16)
         scaled = (sources[i] - sources[i].min()) / (sources[i].max() - sources[i].min())  # ScaleIntensityd

@@ -82,7 +82,7 @@ class Recorder:
         self.original = handler._export
         handler._export = self
 
-    def __call__(self, engine, epoch, name, image, heat, label):
+    def __call__(self, engine, epoch, name, image, heat, label, predicted=None):
         self.calls.append((epoch, name, image, heat, label))
         return {"dir": None}
 
@@ -128,17 +128,17 @@ def test_evaluator_writes_files_on_the_source_grid(tmp_path):
     assert sorted(p.name for p in (out / "epoch_0001").iterdir()) == ["case0_image", "case1_image"]
     reference = volcam.GradCAM(net.eval(), LAYER)
     for i in range(2):
-        case_dir = out / "epoch_0001" / f"case{i}_image"
+        case_dir = out / "epoch_0001" / f"case{i}_image" / "class1"  # the layout of `volcam run`
         heat = nib.load(case_dir / "heat.nii.gz")
         np.testing.assert_allclose(heat.affine, AFFINE)
         assert heat.shape == (16, 16, 16)
         x = torch.as_tensor(nib.load(cases[i]["image"]).get_fdata(dtype=np.float32))[None, None]
         expected = reference(x, targets=1)[0, 0].numpy()
         np.testing.assert_allclose(heat.get_fdata(dtype=np.float32), expected, rtol=1e-5, atol=1e-6)
-        slices = sorted(p.name for p in (case_dir / "slices").iterdir())
+        slices = sorted(p.name for p in (case_dir / "axial").iterdir())
         assert len(slices) == 16 and all(n.startswith("axial_") and n.endswith(".png") for n in slices)
         assert (case_dir / "figure.png").stat().st_size > 0
-    assert handler.written["case1_image"]["nifti"] == out / "epoch_0001" / "case1_image" / "heat.nii.gz"
+    assert handler.written["case1_image"]["nifti"] == out / "epoch_0001" / "case1_image" / "class1" / "heat.nii.gz"
 
 
 @pytest.mark.parametrize("with_transform", [True, False])
@@ -157,7 +157,7 @@ def test_spatial_preprocessing_is_inverted_with_transform(tmp_path, with_transfo
         val_handlers=[handler],
         val_data_loader=DataLoader(Dataset([{"image": cases[0]["image"]}], pre), batch_size=1),
     )
-    case_dir = tmp_path / "out" / "epoch_0001" / "case0_image"
+    case_dir = tmp_path / "out" / "epoch_0001" / "case0_image" / "cam"
     if with_transform:
         evaluator.run()
         heat = nib.load(case_dir / "heat.nii.gz")
@@ -177,9 +177,9 @@ def test_two_dimensional_cases_export(tmp_path):
     batch, output = _decollated_batch(n=1)
     handler = CAMHandler(target_layers=LAYER, output_dir=tmp_path, targets=1)
     handler(_fake_engine(net, batch, output))
-    case_dir = tmp_path / "epoch_0001" / "img0"
+    case_dir = tmp_path / "epoch_0001" / "img0" / "class1"
     assert nib.load(case_dir / "heat.nii.gz").shape[:2] == (16, 16)
-    assert len(list((case_dir / "slices").iterdir())) == 1
+    assert len(list((case_dir / "axial").iterdir())) == 1
     assert (case_dir / "figure.png").exists()
 
 
@@ -205,7 +205,7 @@ def test_tensorboard_overlay_through_monai_plot_helper(tmp_path):
     rec_heat = []
     original = CAMHandler._export
 
-    def export(engine, epoch, name, image, heat, label):
+    def export(engine, epoch, name, image, heat, label, predicted=None):
         rec_heat.append(heat)
         return original(handler, engine, epoch, name, image, heat, label)
 
@@ -288,7 +288,7 @@ def test_trainer_bit_identical_with_handler(tmp_path, eval_mode):
     )
     with_cams = _train(cases, [handler])
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.nii.gz"))
-    assert written == [f"epoch_000{e}/case{i}_image/heat.nii.gz" for e in (1, 2) for i in range(3)]
+    assert written == [f"epoch_000{e}/case{i}_image/cam/heat.nii.gz" for e in (1, 2) for i in range(3)]
     _assert_same_run(plain_run, with_cams)
 
 
@@ -395,7 +395,7 @@ def test_cuda_network_and_random_state(tmp_path):
     handler(_fake_engine(net, batch, output))
     assert torch.equal(torch.cuda.get_rng_state(), cuda_rng) and torch.equal(torch.get_rng_state(), cpu_rng)
     assert hook_count(net) == 0 and net.training
-    heat = nib.load(tmp_path / "epoch_0001" / "img0" / "heat.nii.gz").get_fdata(dtype=np.float32)
+    heat = nib.load(tmp_path / "epoch_0001" / "img0" / "cam" / "heat.nii.gz").get_fdata(dtype=np.float32)
     cpu_net = copy.deepcopy(net).cpu().eval()
     expected = volcam.GradCAM(cpu_net, LAYER)(batch[0]["image"].as_tensor()[None])[0, 0].numpy()
     np.testing.assert_allclose(heat, expected, atol=1e-4)
@@ -441,7 +441,7 @@ def test_memory_does_not_grow_over_200_iterations(tmp_path):
     class Leaky(CAMHandler):
         kept = []
 
-        def _export(self, engine, epoch, name, image, heat, label):
+        def _export(self, engine, epoch, name, image, heat, label, predicted=None):
             self.kept.append(heat)
             return {}
 
@@ -498,7 +498,11 @@ def test_missing_ignite_is_a_clear_error(monkeypatch, tmp_path):
         ({"method": 3}, ConfigError, "`method` must be a registry name"),
         ({"every_n_epochs": 0}, ConfigError, "`every_n_epochs` must be a positive int, not 0"),
         ({"max_cases": -1}, ConfigError, "`max_cases` must be a positive int or None, not -1"),
-        ({"exports": ("nifti", "gif")}, ConfigError, r"`exports` must be a subset of \['nifti', 'png', 'figure'\]"),
+        (
+            {"exports": ("nifti", "gif")},
+            ConfigError,
+            r"`exports` must be a subset of \['nifti', 'png', 'figure', 'viewer'\]",
+        ),
         ({"batch_transform": "image"}, ConfigError, "`batch_transform` must be a callable, not 'image'"),
         ({"targets": [1, 2]}, ConfigError, "`targets` must be None, an int or a target callable"),
         ({"method_args": {"upsample": False}}, ConfigError, "`method_args` must not set upsample=False"),
@@ -571,3 +575,65 @@ def test_every_registered_method_by_name(tmp_path, method):
     x = torch.stack([b["image"].as_tensor() for b in batch])
     expected = volcam.get_method(method)(net, LAYER)(x, targets=1)
     torch.testing.assert_close(torch.stack([c[3] for c in rec.calls]), expected, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- what volcam run writes
+
+
+def test_the_handler_writes_what_volcam_run_writes_on_the_scans_grid(tmp_path):
+    """PNGs and figure on the scan's grid (not the network's), a CT window that is not washed out,
+    the label's outline, and a viewer page, for a preprocessing that resamples and rescales."""
+    from monai.transforms import ScaleIntensityRanged, Spacingd
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    shape = (24, 20, 16)
+    ct = np.full(shape, -1000.0, np.float32)  # air
+    ct[3:21, 3:17, 2:14] = 40.0 + rng.normal(0, 10, (18, 14, 12))  # soft tissue
+    label = np.zeros(shape, np.uint8)
+    label[8:14, 7:12, 5:10] = 1
+    ct[label == 1] = 200.0
+    (tmp_path / "data").mkdir()
+    nib.save(nib.Nifti1Image(ct, AFFINE), str(tmp_path / "data" / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(label, AFFINE), str(tmp_path / "data" / "ct_label.nii.gz"))
+    keys = ["image", "label"]
+    pre = Compose(
+        [
+            LoadImaged(keys),
+            EnsureChannelFirstd(keys),
+            Spacingd(keys, pixdim=(3.0, 4.0, 5.0), mode=("bilinear", "nearest")),
+            ScaleIntensityRanged("image", a_min=-200, a_max=300, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
+    data = [{"image": str(tmp_path / "data" / "ct.nii.gz"), "label": str(tmp_path / "data" / "ct_label.nii.gz")}]
+    handler = CAMHandler(
+        target_layers=LAYER, targets=1, output_dir=tmp_path / "out", transform=pre, png_args={"alpha": 0.0}
+    )  # no heat drawn: the PNGs show the grey window alone
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        network=tiny_unet(),
+        val_handlers=[handler],
+        val_data_loader=DataLoader(Dataset(data, pre), batch_size=1),
+    )
+    evaluator.run()
+    folder = tmp_path / "out" / "epoch_0001" / "ct" / "class1"
+    pngs = sorted((folder / "axial").glob("*.png"))
+    assert len(pngs) == shape[2]  # one per slice of the scan, not of the 8 x 5 x 4 network grid
+    middle = np.asarray(Image.open(pngs[7]).convert("RGB")).astype(int)
+    h, w = middle.shape[:2]  # square pixels (y: 20 x 2 mm, x: 24 x 1.5 mm) at 256 pixels or more
+    assert min(h, w) >= 256 and h / w == pytest.approx(20 * 2.0 / (24 * 1.5), rel=0.02)
+    grey = middle[(middle[..., 0] == middle[..., 1]) & (middle[..., 1] == middle[..., 2])][:, 0]
+    assert grey.min() < 30 and 60 < np.median(grey) < 250  # air dark, tissue mid-grey: not washed out
+    assert ((middle == 255).all(-1)).sum() >= 8  # the label's outline in white
+    assert (folder / "figure.png").stat().st_size > 0 and (folder.parent / "viewer.html").stat().st_size > 0
+
+
+def test_every_n_epochs_on_a_standalone_evaluator_says_why_nothing_is_written(tmp_path):
+    cases = make_cases(tmp_path / "data", n=1)
+    handler = CAMHandler(target_layers=LAYER, output_dir=tmp_path / "out", every_n_epochs=5, exports="nifti")
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader(cases), network=tiny_unet(), val_handlers=[handler]
+    )
+    with pytest.warns(RuntimeWarning, match=r"every_n_epochs=5.*standalone evaluator runs epoch 1 only"):
+        evaluator.run()
+    assert not (tmp_path / "out").exists()

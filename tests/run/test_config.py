@@ -11,7 +11,7 @@ from volcam.errors import ConfigError
 
 NET = {
     "_target_": "torch.nn.Conv3d",
-    "in_channels": "@channels",
+    "in_channels": "@vars::channels",
     "out_channels": 3,
     "kernel_size": 1,
 }
@@ -19,8 +19,9 @@ NET = {
 
 def base(**extra):
     cfg = {
-        "channels": 1,
+        "vars": {"channels": 1},
         "network_def": dict(NET),
+        "checkpoint": "none",
         "cam": {"target_layers": "conv"},
         "targets": {"classes": [1, 2]},
         "data": {"files": ["a.nii.gz"]},
@@ -31,8 +32,9 @@ def base(**extra):
 
 def test_yaml_with_target_and_reference(tmp_path):
     (tmp_path / "c.yaml").write_text(
-        "channels: 2\n"
-        "network_def: {_target_: torch.nn.Conv3d, in_channels: '@channels', out_channels: 3, kernel_size: 1}\n"
+        "vars: {channels: 2}\n"
+        "network_def: {_target_: torch.nn.Conv3d, in_channels: '@vars::channels', out_channels: 3, kernel_size: 1}\n"
+        "checkpoint: none\n"
         "cam: {target_layers: conv, method: hirescam}\n"
         "targets: {classes: 1, names: [bg, liver]}\n"
         "sliding_window: {roi_size: 16}\n"
@@ -74,7 +76,8 @@ def test_parse_override(text, key, value):
 
 def test_overrides_apply_and_create_missing_sections():
     cfg = load_config(
-        base(), ["cam.method=layercam", "sliding_window.roi_size=[8, 8, 8]", "channels=4", "targets.names={1: a, 2: b}"]
+        base(),
+        ["cam.method=layercam", "sliding_window.roi_size=[8, 8, 8]", "vars.channels=4", "targets.names={1: a, 2: b}"],
     )
     assert cfg["cam.method"] == "layercam"
     assert cfg["sliding_window.roi_size"] == [8, 8, 8]
@@ -227,7 +230,7 @@ def test_folder_with_glob_and_labels(tmp_path):
         _touch(tmp_path / "img" / name)
     _touch(tmp_path / "lbl" / "a.nii.gz")  # nnU-Net naming
     cases = list_cases({"folder": str(tmp_path / "img"), "label_folder": str(tmp_path / "lbl")})
-    assert [c.id for c in cases] == ["a_0000", "b_0000"]
+    assert [c.id for c in cases] == ["a", "b"]  # nnU-Net's channel tag is not part of the case name
     assert cases[0].label == tmp_path / "lbl" / "a.nii.gz" and cases[1].label is None
 
 

@@ -50,7 +50,7 @@ HEAT_ONLY = {"pngs": False, "figure": False}
 def test_cli_end_to_end_checks_every_output(dataset, capsys):
     (dataset / "images" / "case2.nii.gz").unlink()
     cfg = write_yaml(dataset / "run.yaml", config(dataset, data={"num_workers": 2}))
-    status = cli.main(["run", str(cfg), "--override", "outputs.axes=[axial, coronal]"])
+    status = cli.main(["run", str(cfg), "--no-supervise", "--override", "outputs.axes=[axial, coronal]"])
     assert status == 0
     out = dataset / "out"
     rows = list(csv.DictReader(open(out / "summary.csv")))
@@ -74,7 +74,7 @@ def test_cli_end_to_end_checks_every_output(dataset, capsys):
         assert int(r["pngs"]) == n_axial + len(list((case_dir / "coronal").glob("*.png")))
         assert (out / r["figure"]).stat().st_size > 1000
         # summary rows complete, and their numbers agree with the files
-        empty = [k for k in pipeline.SUMMARY_COLUMNS if r[k] == "" and k not in ("error", "note")]
+        empty = [k for k in pipeline.SUMMARY_COLUMNS if r[k] == "" and k not in ("error", "note", "series")]
         assert empty == [], empty
         peak = [int(v) for v in r["peak_voxel"].split()]
         assert values[tuple(peak)] == values.max()
@@ -82,7 +82,7 @@ def test_cli_end_to_end_checks_every_output(dataset, capsys):
         np.testing.assert_allclose([float(r["peak_x"]), float(r["peak_y"]), float(r["peak_z"])], world[:3], atol=1e-3)
         assert 0 <= float(r["energy_in_prediction"]) <= 1 and 0 <= float(r["energy_in_label"]) <= 1
         assert float(r["predicted_volume_ml"]) == pytest.approx(int(r["predicted_voxels"]) * 0.01, abs=1e-3)
-    assert not (out / ".partial").exists()
+    assert not (out / ".volcam").exists()
 
 
 def test_label_mask_and_energy_inside_label(dataset):
@@ -152,7 +152,7 @@ def test_bad_cases_are_listed_and_leave_nothing(dataset, capsys):
     nib.save(nib.Nifti1Image(np.full((20, 18, 12), np.nan, np.float32), np.eye(4)), images / "allnan.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((20, 18, 12, 2), np.float32), np.eye(4)), images / "twochannel.nii.gz")
     cfg = write_yaml(dataset / "run.yaml", config(dataset, data={"num_workers": 1}, outputs=HEAT_ONLY))
-    status = cli.main(["run", str(cfg), "--quiet"])
+    status = cli.main(["run", str(cfg), "--quiet", "--no-supervise"])
     assert status == 1
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -170,7 +170,13 @@ def test_bad_cases_are_listed_and_leave_nothing(dataset, capsys):
         assert rows[(case, "1")]["status"] == rows[(case, "2")]["status"] == "failed"
     assert all(rows[(f"case{i}", c)]["status"] == "ok" for i in range(3) for c in "12")
     # nothing partial: only the good cases' folders and the summary
-    assert sorted(p.name for p in (dataset / "out").iterdir()) == ["case0", "case1", "case2", "summary.csv"]
+    assert sorted(p.name for p in (dataset / "out").iterdir()) == [
+        "case0",
+        "case1",
+        "case2",
+        "index.html",
+        "summary.csv",
+    ]
 
 
 def test_failure_mid_case_removes_its_outputs(dataset, monkeypatch):
@@ -191,7 +197,7 @@ def test_failure_mid_case_removes_its_outputs(dataset, monkeypatch):
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed", "ok", "ok"]
     assert rows[2]["error"].startswith("out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)")
     assert "sliding_window.roi_size" in rows[2]["error"]
-    assert sorted(p.name for p in (dataset / "out").iterdir()) == ["case0", "case2", "summary.csv"]
+    assert sorted(p.name for p in (dataset / "out").iterdir()) == ["case0", "case2", "index.html", "summary.csv"]
 
 
 def test_rerun_skips_complete_cases(dataset):
@@ -234,7 +240,7 @@ def test_killed_run_resumes_without_redoing_finished_cases(dataset):
     path = write_yaml(dataset / "gated.yaml", gated)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "MPLBACKEND": "Agg"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "volcam", "run", str(path), "--quiet"],
+        [sys.executable, "-m", "volcam", "run", str(path), "--quiet", "--no-supervise"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -255,14 +261,16 @@ def test_killed_run_resumes_without_redoing_finished_cases(dataset):
             proc.kill()
             proc.wait()
     assert (out / "case0" / pipeline.RECORD_NAME).is_file()
-    assert not (out / "case1").exists() and any((out / ".partial").iterdir())  # partial stays staged
+    assert not (out / "case1").exists()  # a case is in place complete or not at all
+    assert (out / ".volcam" / "lock").is_file()  # the killed run's lock stays; the next run takes it over
     finished = files_under(out / "case0")
 
-    assert pipeline.run(load_config(cfg), quiet=True) == 0
+    gate.touch()  # the same (gated) network, which no longer waits
+    assert pipeline.run(load_config(gated), quiet=True) == 0
     rows = pipeline.read_summary(out / "summary.csv")
     assert [r["status"] for r in rows] == ["skipped", "skipped", "ok", "ok", "ok", "ok"]
     assert files_under(out / "case0") == finished  # same files, same mtimes
-    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "index.html", "summary.csv"]
 
 
 def test_merge_summaries_in_case_order(tmp_path):

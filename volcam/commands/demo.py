@@ -40,5 +40,6 @@ def main(args: argparse.Namespace) -> int:
         n_test=args.test_cases,
         seed=args.seed,
         quiet=args.quiet,
+        log=print,
     )
     return int(result["exit_status"])

@@ -1,58 +1,23 @@
 """``volcam evaluate CONFIG``: is the map right? Localisation, faithfulness and sanity checks.
 
-Reads the same configuration as ``volcam run`` (network, checkpoint, CAM method and layer,
-classes, preprocessing, data) and, for every case and class:
-
-- explains the class with the configured CAM, and draws a random map (independent uniform
-  noise) as the reference a useful map must beat;
-- localisation of both maps against the case's label of the class (or, for unlabelled
-  cases, the predicted region): energy pointing game, pointing game, IoU and Dice at the
-  mask's volume (or ``--level``), and the same per connected component (lesion-wise);
-- deletion and insertion curves of both maps for the score the CAM explains, and their areas;
-- on the first ``--sanity-cases`` cases: cascading and independent model-parameter
-  randomisation and label randomisation (Adebayo et al. 2018).
-
-Writes to ``--out`` (default ``<outputs.dir>/evaluation``)::
-
-    metrics.csv      one row per case, class and map (the CAM method, random)
-    components.csv   one row per case, class, map and connected component of the reference
-    sanity.csv       one row per case, class, check and step
-    curves.json      the deletion/insertion curves, per case, class and map
-    summary.json     settings and the means per class and map, sanity flags
-    plots/curves_<class>.png           deletion and insertion curves, all cases
-    plots/sanity_<case>_<class>.png    Spearman and SSIM per randomisation step
-
-Cases are explained whole (no sliding window): a faithfulness curve needs the model's
-score of the whole perturbed image.
+The work is :func:`volcam.run.evaluate.evaluate`; this module reads the command line and
+prints. See that module for what is computed and written.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
-import os
-import sys
-import tempfile
-import time
-import warnings
-from pathlib import Path
+import argparse
 
 SANITY_KINDS = ("cascading", "independent", "label")
 
 
 def configure(parser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="run configuration (.yaml or .json), as for `volcam run`")
+    from volcam.commands.common import add_config_arguments
+
+    add_config_arguments(parser)
     parser.add_argument(
-        "--override",
-        "-o",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change a config value, e.g. cam.method=hirescam (repeatable)",
+        "--output", "--out", dest="out", default=None, help="output folder (default: <outputs.dir>/evaluation)"
     )
-    parser.add_argument("--out", default=None, help="output folder (default: <outputs.dir>/evaluation)")
     parser.add_argument("--cases", type=int, default=None, metavar="N", help="evaluate only the first N cases")
     parser.add_argument(
         "--against",
@@ -101,423 +66,47 @@ def configure(parser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_args(args) -> None:
+def _options(args: argparse.Namespace):
     from volcam.errors import ConfigError
+    from volcam.run.evaluate import EvaluateOptions
 
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be a positive integer, not {args.steps}", key="--steps")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, not {args.batch_size}", key="--batch-size")
-    if args.cases is not None and args.cases < 1:
-        raise ConfigError(f"--cases must be a positive integer, not {args.cases}", key="--cases")
-    if args.sanity_cases < 0:
-        raise ConfigError(f"--sanity-cases must be 0 or more, not {args.sanity_cases}", key="--sanity-cases")
-    if not -1 <= args.threshold <= 1:
-        raise ConfigError(f"--threshold must be in [-1, 1], not {args.threshold}", key="--threshold")
     if "none" in args.sanity and len(args.sanity) > 1:
         raise ConfigError(f"--sanity must be 'none' alone or a list of checks, not {args.sanity}", key="--sanity")
-    if args.baseline not in ("blur", "min", "mean"):
+    baseline = args.baseline
+    if baseline not in ("blur", "min", "mean"):
         try:
-            args.baseline = float(args.baseline)
+            baseline = float(baseline)
         except ValueError:
             raise ConfigError(
                 f"--baseline must be blur, min, mean or a number, not {args.baseline!r}", key="--baseline"
             ) from None
-    if args.sigma <= 0:
-        raise ConfigError(f"--sigma must be positive, not {args.sigma}", key="--sigma")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in columns})
-    _write_atomic(path, buf.getvalue())
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    if isinstance(v, bool):
-        return int(v)
-    return "" if v is None else v
-
-
-def _num(v) -> float:
-    return float(v)
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _mean(values) -> float:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
-def _predicted_region(output, category: int, activation: str):
-    """``[1, 1, *S]`` bool: where the model predicts ``category`` (as the runner reads it)."""
-    if output.shape[1] == 1 or activation == "sigmoid":
-        return output[:, category : category + 1] > 0
-    return output.argmax(1, keepdim=True) == category
-
-
-def _target(category: int, mask_mode: str, activation: str, label):
-    """The target ``volcam run`` explains for this class (``targets.mask``, ``targets.activation``)."""
-    import volcam
-    from volcam.pipeline import label_region
-
-    if mask_mode == "whole":
-        return volcam.SegmentationTarget(category, mask="all", activation=activation)
-    if mask_mode == "label":
-        return volcam.SegmentationTarget(
-            category, mask=label_region(label, category)[None].float(), activation=activation
+        return EvaluateOptions(
+            output=args.out,
+            cases=args.cases,
+            against=args.against,
+            level=args.level,
+            steps=args.steps,
+            baseline=baseline,
+            sigma=args.sigma,
+            batch_size=args.batch_size,
+            sanity=() if "none" in args.sanity else tuple(args.sanity),
+            sanity_cases=args.sanity_cases,
+            threshold=args.threshold,
+            random=not args.no_random,
+            seed=args.seed,
         )
-    return volcam.SegmentationTarget(category, activation=activation)
+    except ConfigError as err:  # name the option as it is written on the command line
+        key = f"--{str(err.key).replace('_', '-')}"
+        raise ConfigError(str(err).replace(f"`{err.key}`", key), key=key) from err
 
 
-# --------------------------------------------------------------------------- main
+def main(args: argparse.Namespace) -> int:
+    from volcam.commands.common import say, warn
+    from volcam.run.config import load_config
+    from volcam.run.evaluate import evaluate
 
-
-def main(args) -> int:
-    import torch
-
-    from volcam.config import load_config
-    from volcam.errors import TargetError, VolcamError
-    from volcam.metrics import component_localisation, faithfulness, localisation
-    from volcam.metrics.sanity import label_randomisation, model_randomisation
-    from volcam.pipeline import label_region, load_case
-
-    _check_args(args)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    config = load_config(args.config, args.override)
-    out = Path(args.out) if args.out else Path(config["outputs.dir"]) / "evaluation"
-    device = config.device
-    model = config.build_network().to(device)
-    cam = config.build_cam(model)
-    pre = config.build_preprocessing()
-    cases = config.list_cases()
-    if args.cases is not None:
-        cases = cases[: args.cases]
-    classes = config["targets.classes"]
-    names = config.class_names
-    mask_mode = config["targets.mask"]
-    activation = config["targets.activation"]
-    method = config["cam.method"]
-    sanity_kinds = [] if "none" in args.sanity else list(dict.fromkeys(args.sanity))
-    if config["sliding_window.roi_size"] is not None:
-        warnings.warn("volcam evaluate explains whole cases; sliding_window is not used", stacklevel=2)
-    log(
-        f"volcam evaluate: {len(cases)} case(s), classes {classes}, {method} at {config['cam.target_layers']}, "
-        f"device {device}"
-    )
-
-    metric_rows: list[dict] = []
-    component_rows: list[dict] = []
-    sanity_rows: list[dict] = []
-    curves_json: list[dict] = []
-    pooled: dict[int, dict[str, dict[str, list]]] = {}  # class -> map -> kind -> [Curve]
-    sanity_plots: list[tuple[str, int, dict]] = []
-    failures = 0
-    started = time.perf_counter()
-
-    for index, case in enumerate(cases):
-        t0 = time.perf_counter()
-        try:
-            if args.against == "label" and case.label is None:
-                raise TargetError(f"--against label needs a label file for case '{case.id}', not none")
-            data = load_case(case, pre, config.spatial_dims, need_label=mask_mode == "label")
-        except Exception as err:  # an unreadable case fails alone
-            failures += 1
-            print(f"volcam evaluate: case {case.id}: {err}", file=sys.stderr)
-            continue
-        # plain tensors: the metadata is not needed here and a MetaTensor slows every operation
-        x = data["image"].as_tensor()[None].float().to(device)
-        label = data["label"].as_tensor().to(device) if "label" in data else None
-        for category in classes:
-            try:
-                target = _target(category, mask_mode, activation, label)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # empty targets are reported in the table
-                    result = cam.explain(x, target)
-                use_label = label is not None and args.against != "prediction"
-                reference = (
-                    label_region(label, category)[None, None]
-                    if use_label
-                    else _predicted_region(result.output, category, activation)
-                )
-                reference_kind = "label" if use_label else "prediction"
-                volume = int(reference.sum())
-                maps = {method: result.heat}
-                if not args.no_random:
-                    gen = torch.Generator().manual_seed(args.seed * 100003 + index * 101 + category)
-                    maps["random"] = torch.rand(result.heat.shape, generator=gen).to(device)
-                for map_name, heat in maps.items():
-                    row = {
-                        "case": case.id,
-                        "class": category,
-                        "class_name": names[category],
-                        "map": map_name,
-                        "reference": reference_kind,
-                        "reference_volume": volume,
-                        "score": _num(result.scores[0]),
-                    }
-                    if volume > 0:
-                        loc = localisation(heat, reference, level=args.level)
-                        row.update({k: _num(v[0]) for k, v in loc.items()})
-                        comps = component_localisation(heat, reference, level=args.level)
-                        for j in range(comps["batch"].numel()):
-                            component_rows.append(
-                                {
-                                    "case": case.id,
-                                    "class": category,
-                                    "class_name": names[category],
-                                    "map": map_name,
-                                    **{
-                                        k: (int(v[j]) if k in ("component", "volume") else _num(v[j]))
-                                        for k, v in comps.items()
-                                        if k != "batch"
-                                    },
-                                }
-                            )
-                        row["components"] = int(comps["batch"].numel())
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)  # a weak baseline shows in baseline_kept
-                        curves = faithfulness(
-                            model,
-                            x,
-                            heat,
-                            target,
-                            steps=args.steps,
-                            baseline=args.baseline,
-                            sigma=args.sigma,
-                            batch_size=args.batch_size,
-                            model_output=cam.model_output,
-                            generator=torch.Generator().manual_seed(args.seed),
-                        )
-                    row["baseline_kept"] = _num(curves["deletion"].baseline_score[0] / curves["deletion"].reference[0])
-                    for kind, curve in curves.items():
-                        row[f"{kind}_auc"] = _num(curve.auc[0])
-                        pooled.setdefault(category, {}).setdefault(map_name, {}).setdefault(kind, []).append(curve)
-                        curves_json.append(
-                            {
-                                "case": case.id,
-                                "class": category,
-                                "map": map_name,
-                                "kind": kind,
-                                "fractions": curve.fractions.tolist(),
-                                "scores": curve.scores[0].tolist(),
-                                "image_score": _num(curve.reference[0]),
-                                "baseline_score": _num(curve.baseline_score[0]),
-                                "relative": curve.relative[0].tolist(),
-                                "auc": _num(curve.auc[0]),
-                            }
-                        )
-                    metric_rows.append(row)
-                if index < args.sanity_cases and sanity_kinds:
-                    results = {}
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        for kind in sanity_kinds:
-                            if kind == "label":
-                                results[kind] = label_randomisation(cam, x, target, threshold=args.threshold)
-                            else:
-                                results[kind] = model_randomisation(
-                                    cam, x, target, mode=kind, seed=args.seed, threshold=args.threshold
-                                )
-                    for kind, res in results.items():
-                        for step, name in enumerate(res.steps):
-                            sanity_rows.append(
-                                {
-                                    "case": case.id,
-                                    "class": category,
-                                    "class_name": names[category],
-                                    "check": kind,
-                                    "step": step + 1,
-                                    "randomised": name,
-                                    "spearman": _num(res.spearman[step, 0]),
-                                    "ssim": _num(res.ssim[step, 0]),
-                                    "flagged": bool(res.flagged[step, 0]),
-                                    "unchanged": bool(res.unchanged[0]) if step == len(res.steps) - 1 else "",
-                                }
-                            )
-                    sanity_plots.append((case.id, category, results))
-            except Exception as err:  # one case and class fails alone; the others are still written
-                failures += 1
-                what = "" if isinstance(err, VolcamError) else f"{type(err).__name__}: "
-                print(f"volcam evaluate: case {case.id}, class {category}: {what}{err}", file=sys.stderr)
-        done = [r for r in metric_rows if r["case"] == case.id and r["map"] == method]
-        log(
-            f"  {case.id}: "
-            + "; ".join(
-                f"{r['class_name']} energy {r.get('energy', float('nan')):.2f} dice {r.get('dice', float('nan')):.2f} "
-                f"deletion {r['deletion_auc']:.2f} insertion {r['insertion_auc']:.2f}"
-                for r in done
-            )
-            + f"  ({time.perf_counter() - t0:.1f} s)"
-        )
-
-    summary = _summarise(metric_rows, sanity_rows, classes, names)
-    _write_outputs(out, args, config, metric_rows, component_rows, sanity_rows, curves_json, summary)
-    _plot(out, pooled, sanity_plots, names, method)
-    log(_table(summary))
-    kept = _mean(r.get("baseline_kept") for r in metric_rows)
-    if kept > 0.5:
-        log(
-            f"volcam evaluate: note: the baseline image keeps {kept:.0%} of the score on average (baseline_kept "
-            "in metrics.csv), so it removes little evidence and the curves are stretched; try --baseline min or "
-            "a larger --sigma"
-        )
-    log(
-        f"volcam evaluate: wrote {out}/metrics.csv, summary.json and plots/ in "
-        f"{time.perf_counter() - started:.0f} s" + (f"; {failures} failure(s)" if failures else "")
-    )
-    return 1 if failures else 0
-
-
-METRICS = ["energy", "pointing", "iou", "dice", "deletion_auc", "insertion_auc"]
-
-
-def _summarise(metric_rows, sanity_rows, classes, names) -> dict:
-    out: dict = {}
-    for c in classes:
-        rows = [r for r in metric_rows if r["class"] == c]
-        maps = list(dict.fromkeys(r["map"] for r in rows))
-        entry = {
-            "maps": {m: {k: _mean(r.get(k) for r in rows if r["map"] == m) for k in METRICS} for m in maps},
-            "cases": len({r["case"] for r in rows}),
-        }
-        sanity = {}
-        for check in SANITY_KINDS:
-            last = [r for r in sanity_rows if r["class"] == c and r["check"] == check and r["unchanged"] != ""]
-            if last:
-                steps = [r for r in sanity_rows if r["class"] == c and r["check"] == check]
-                valid = [r["spearman"] for r in steps if not math.isnan(r["spearman"])]
-                sanity[check] = {
-                    "cases": len(last),
-                    "unchanged": sum(bool(r["unchanged"]) for r in last),
-                    "final_spearman": _mean(r["spearman"] for r in last),
-                    "final_ssim": _mean(r["ssim"] for r in last),
-                    "max_spearman": max(valid, default=float("nan")),
-                    "min_spearman": min(valid, default=float("nan")),
-                }
-        entry["sanity"] = sanity
-        out[names[c]] = entry
-    return out
-
-
-def _write_outputs(out, args, config, metric_rows, component_rows, sanity_rows, curves_json, summary) -> None:
-    _write_csv(
-        out / "metrics.csv",
-        metric_rows,
-        [
-            "case",
-            "class",
-            "class_name",
-            "map",
-            "reference",
-            "reference_volume",
-            "score",
-            *METRICS,
-            "baseline_kept",
-            "components",
-        ],
-    )
-    _write_csv(
-        out / "components.csv",
-        component_rows,
-        ["case", "class", "class_name", "map", "component", "volume", "energy", "peak", "hit", "iou", "dice"],
-    )
-    _write_csv(
-        out / "sanity.csv",
-        sanity_rows,
-        ["case", "class", "class_name", "check", "step", "randomised", "spearman", "ssim", "flagged", "unchanged"],
-    )
-    _write_atomic(out / "curves.json", json.dumps(_json_safe(curves_json)) + "\n")
-    settings = {
-        "config": str(args.config),
-        "overrides": list(args.override),
-        "method": config["cam.method"],
-        "target_layers": config["cam.target_layers"],
-        "against": args.against,
-        "level": args.level,
-        "steps": args.steps,
-        "baseline": args.baseline,
-        "sigma": args.sigma,
-        "sanity": args.sanity,
-        "sanity_cases": args.sanity_cases,
-        "threshold": args.threshold,
-        "seed": args.seed,
-    }
-    _write_atomic(
-        out / "summary.json", json.dumps(_json_safe({"settings": settings, "classes": summary}), indent=2) + "\n"
-    )
-
-
-def _plot(out, pooled, sanity_plots, names, method) -> None:
-    import torch
-
-    from volcam.metrics.faithfulness import Curve
-    from volcam.metrics.plots import plot_curves, plot_sanity, save_figure
-
-    for c, by_map in pooled.items():
-        merged = {}
-        for map_name, by_kind in by_map.items():
-            merged[map_name] = {}
-            for kind, curves in by_kind.items():
-                merged[map_name][kind] = Curve(
-                    kind,
-                    curves[0].fractions,
-                    torch.cat([cv.scores for cv in curves]),
-                    torch.cat([cv.reference for cv in curves]),
-                    torch.cat([cv.baseline_score for cv in curves]),
-                    torch.cat([cv.relative for cv in curves]),
-                    torch.cat([cv.auc for cv in curves]),
-                )
-        n = next(iter(merged.values()))["deletion"].auc.numel()
-        versus = " vs random map" if "random" in merged else ""
-        fig = plot_curves(merged, title=f"{names[c]}: {method}{versus}, {n} case(s)")
-        save_figure(fig, out / "plots" / f"curves_{names[c]}.png")
-    for case_id, c, results in sanity_plots:
-        fig = plot_sanity(results, title=f"{case_id}, {names[c]}: {method} under randomisation")
-        save_figure(fig, out / "plots" / f"sanity_{case_id}_{names[c]}.png")
-
-
-def _table(summary: dict) -> str:
-    lines = [f"{'class':<12}{'map':<12}" + "".join(f"{k:>15}" for k in METRICS)]
-    for cname, entry in summary.items():
-        for m, vals in entry["maps"].items():
-            lines.append(f"{cname:<12}{m:<12}" + "".join(f"{vals[k]:>15.3f}" for k in METRICS))
-        for check, s in entry["sanity"].items():
-            if check == "cascading":
-                said = f"Spearman {s['final_spearman']:.3f}, SSIM {s['final_ssim']:.3f} after the full cascade"
-            else:
-                said = f"highest Spearman over the steps {s['max_spearman']:.3f}"
-            lines.append(
-                f"{cname:<12}{check + ' randomisation':<24} {said}; "
-                f"unchanged in {s['unchanged']} of {s['cases']} case(s)"
-            )
-    return "\n".join(lines)
+    options = _options(args)
+    config = load_config(args.config, args.override, allow_eval=not args.no_eval, python_path=args.python_path)
+    result = evaluate(config, options, say=(lambda line: None) if args.quiet else say, warn=warn)
+    return 1 if result.failures else 0

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from volcam.commands.common import add_config_arguments
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="run configuration (.yaml or .json)")
-    parser.add_argument(
-        "--override",
-        "-o",
-        metavar="KEY=VALUE",
-        action="extend",
-        nargs="+",
-        default=[],
-        help="set a config value (dotted key, YAML value); may be repeated",
-    )
+    add_config_arguments(parser)
     parser.add_argument(
         "--input-size",
         metavar="N",
@@ -52,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     from volcam.config import load_config
     from volcam.layers import list_layers
 
-    config = load_config(args.config, args.override)
+    config = load_config(args.config, args.override, allow_eval=not args.no_eval, python_path=args.python_path)
     model = config.build_network(load_weights=False)
     x = example_input(config, args.input_size)
     layers = list_layers(model, x)

@@ -42,13 +42,17 @@ which notebooks display when returned; to show one on a desktop pass your own ``
 """
 
 from volcam.figures.browser import SliceBrowser, browse
+from volcam.figures.case import CaseFigures
 from volcam.figures.render import WINDOWS, window_for
+from volcam.figures.report import write_index, write_thumbnail
 from volcam.figures.slices import overlay_slice, save_slice_pngs
+from volcam.figures.viewer import write_viewer
 from volcam.figures.views import add_colorbar, mosaic, orthogonal_views, save_figure
 from volcam.geometry import AXES, slice_axis
 
 __all__ = [
     "AXES",
+    "CaseFigures",
     "WINDOWS",
     "window_for",
     "slice_axis",
@@ -60,4 +64,7 @@ __all__ = [
     "SliceBrowser",
     "browse",
     "save_figure",
+    "write_viewer",
+    "write_index",
+    "write_thumbnail",
 ]

@@ -35,7 +35,8 @@ class SliceBrowser:
         self.ax = self.fig.add_axes([0.05, 0.2, 0.8, 0.72])
         self.artist = _show(self.ax, case, a, start, interpolation)
         self._title = self.ax.set_title(case.label(a, start), color="white", fontsize=9)
-        _letters(self.ax, case.edge_letters(a))
+        if case.edge_letters(a):
+            _letters(self.ax, case.edge_letters(a))
         cax = self.fig.add_axes([0.87, 0.2, 0.03, 0.72])
         _style_colorbar(
             self.fig.colorbar(

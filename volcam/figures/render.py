@@ -12,7 +12,7 @@ import matplotlib.figure
 import numpy as np
 
 from volcam.arrays import is_meta_tensor, spatial_array, to_numpy
-from volcam.errors import ConfigError, ValueRangeError
+from volcam.errors import ArgumentError, ValueRangeError
 from volcam.geometry import AXES, Canonical, as_affine
 
 _AXIS_NAMES = {v: k for k, v in AXES.items()}
@@ -37,7 +37,7 @@ WindowLike = None | str | Sequence[float]
 
 def _check_choice(value: Any, choices: Sequence[str], key: str) -> str:
     if value not in choices:
-        raise ConfigError(f"`{key}` must be one of {list(choices)}, not {value!r}", key=key)
+        raise ArgumentError(f"`{key}` must be one of {list(choices)}, not {value!r}", name=key)
     return value
 
 
@@ -56,8 +56,8 @@ def window_for(image: Any, percentiles: Sequence[float] = (0.5, 99.5)) -> tuple[
     """
     p_lo, p_hi = float(percentiles[0]), float(percentiles[1])
     if not 0.0 <= p_lo < p_hi <= 100.0:
-        raise ConfigError(
-            f"`percentiles` must be increasing within [0, 100], not {tuple(percentiles)}", key="percentiles"
+        raise ArgumentError(
+            f"`percentiles` must be increasing within [0, 100], not {tuple(percentiles)}", name="percentiles"
         )
     arr = to_numpy(image)
     flat = arr.reshape(-1)
@@ -78,14 +78,18 @@ def _resolve_window(window: WindowLike, image: np.ndarray) -> tuple[float, float
         return window_for(image)
     if isinstance(window, str):
         if window not in WINDOWS:
-            raise ConfigError(f"`window` must be (low, high) or one of {sorted(WINDOWS)}, not {window!r}", key="window")
+            raise ArgumentError(
+                f"`window` must be (low, high) or one of {sorted(WINDOWS)}, not {window!r}", name="window"
+            )
         return WINDOWS[window]
     try:
         lo, hi = (float(v) for v in window)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"`window` must be (low, high), a preset name or None, not {window!r}", key="window") from err
+        raise ArgumentError(
+            f"`window` must be (low, high), a preset name or None, not {window!r}", name="window"
+        ) from err
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-        raise ConfigError(f"`window` must be (low, high) with low < high, not {window!r}", key="window")
+        raise ArgumentError(f"`window` must be (low, high) with low < high, not {window!r}", name="window")
     return (lo, hi)
 
 
@@ -93,9 +97,9 @@ def _resolve_range(heat_range: Sequence[float]) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in heat_range)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"`heat_range` must be (low, high), not {heat_range!r}", key="heat_range") from err
+        raise ArgumentError(f"`heat_range` must be (low, high), not {heat_range!r}", name="heat_range") from err
     if not hi > lo:
-        raise ConfigError(f"`heat_range` must be (low, high) with low < high, not {heat_range!r}", key="heat_range")
+        raise ArgumentError(f"`heat_range` must be (low, high) with low < high, not {heat_range!r}", name="heat_range")
     return (lo, hi)
 
 
@@ -105,44 +109,65 @@ def _colormap(cmap: Any):
     try:
         return matplotlib.colormaps[cmap]
     except (KeyError, TypeError) as err:
-        raise ConfigError(
-            f"`cmap` must be a matplotlib colormap or its name (e.g. 'jet', 'hot', 'inferno'), not {cmap!r}", key="cmap"
+        raise ArgumentError(
+            f"`cmap` must be a matplotlib colormap or its name (e.g. 'jet', 'hot', 'inferno'), not {cmap!r}",
+            name="cmap",
         ) from err
 
 
-class _Case:
-    """Image, heat and mask of one case reoriented (flips/transposes, no resampling) to RAS+
-    voxel order, with the display settings; renders any slice to RGB."""
+class Scene:
+    """The image of one case reoriented (flips/transposes, no resampling) to RAS+ voxel order,
+    with the display settings; built once per case and shared by every heat volume drawn
+    over it (:meth:`with_heat`).
+
+    ``raster=True`` is for 2D raster images (PNG, JPEG, ...), which carry no anatomical
+    orientation: slices are drawn in the image's own pixel layout (rows down, columns right,
+    for MONAI's ``[W, H]`` arrays), without orientation letters, in pixel units.
+    """
 
     def __init__(
-        self, image, heat, mask, affine, *, window, cmap, alpha, threshold, blend, heat_range, outline_color, convention
+        self,
+        image: Any,
+        affine: Any = None,
+        *,
+        window: WindowLike = None,
+        cmap: Any = "jet",
+        alpha: float = 0.5,
+        threshold: float = 0.0,
+        blend: str = "scaled",
+        heat_range: Sequence[float] = (0.0, 1.0),
+        outline_color: Any = "white",
+        convention: str = "radiological",
+        raster: bool = False,
+        others: Sequence[Any] = (),
     ):
         img = spatial_array(image, None, what="image", where="")
-        shape = img.shape
-        hm = spatial_array(heat, shape, what="heat", where="the image")
-        mk = None if mask is None else spatial_array(mask, shape, what="mask", where="the image")
         if affine is None:
-            for x in (image, heat, mask):
+            for x in (image, *others):
                 if is_meta_tensor(x):
                     affine = x.affine
                     break
+        self.raster = bool(raster)
+        if affine is None and self.raster:
+            affine = np.eye(4)
         if affine is None:
-            raise ConfigError(
-                "`affine` is needed to name slice axes anatomically; pass affine= or MetaTensor inputs",
-                key="affine",
+            raise ArgumentError(
+                "`affine` is needed to name slice axes anatomically; pass affine= or MetaTensor inputs", name="affine"
             )
         aff = as_affine(affine)
         self.is_2d = img.ndim == 2
+        if self.raster and not self.is_2d:
+            raise ArgumentError(f"a raster image must be 2D, not shape {img.shape}", name="image")
+        if self.raster:
+            aff = np.eye(4)
         if self.is_2d:
-            img, hm = img[..., None], hm[..., None]
-            mk = None if mk is None else mk[..., None]
+            img = img[..., None]
         canon = Canonical.of(aff, img.shape)
+        self.canonical = canon
         self.source_shape = img.shape
         self.source_affine = aff
         self.ornt = canon.ornt
         self.image = canon.apply(img)
-        self.heat = canon.apply(hm)
-        self.mask = None if mk is None else canon.apply(mk)
         self.affine = canon.affine
         self.zooms = canon.zooms
         self.shape = self.image.shape
@@ -152,15 +177,40 @@ class _Case:
         self.heat_range = _resolve_range(heat_range)
         alpha = float(alpha)
         if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"`alpha` must lie in [0, 1], not {alpha}", key="alpha")
+            raise ArgumentError(f"`alpha` must lie in [0, 1], not {alpha}", name="alpha")
         self.alpha = alpha
         self.threshold = float(threshold)
         self.blend_mode = _check_choice(blend, ("scaled", "constant"), "blend")
         self.cmap = _colormap(cmap)
         self.lut = self.cmap(np.linspace(0.0, 1.0, self.cmap.N))[:, :3].astype(np.float32)
         self.outline_rgb = np.rint(np.asarray(mcolors.to_rgb(outline_color)) * 255.0).astype(np.uint8)
-        self._tables: dict = {}
+        self._tables: dict[float, np.ndarray] = {}
         self.convention = _check_choice(convention, _CONVENTIONS, "convention")
+
+    def reorient(self, volume: Any, what: str) -> np.ndarray:
+        """A volume on the image's grid, in the scene's RAS+ voxel order."""
+        arr = spatial_array(
+            volume, self.source_shape[:2] if self.is_2d else self.source_shape, what=what, where="the image"
+        )
+        return self.canonical.apply(arr)
+
+    def with_heat(self, heat: Any, mask: Any = None) -> _Case:
+        """The scene with a heat volume (and an optional mask outline) drawn over it."""
+        return _Case(self, self.reorient(heat, "heat"), None if mask is None else self.reorient(mask, "mask"))
+
+
+class _Case:
+    """A :class:`Scene` with one heat volume and an optional mask; renders any slice to RGB.
+
+    Image-level attributes (``image``, ``shape``, ``window``, ...) are the scene's."""
+
+    def __init__(self, scene: Scene, heat: np.ndarray, mask: np.ndarray | None):
+        self.scene = scene
+        self.heat = heat
+        self.mask = mask
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scene, name)
 
     # geometry -------------------------------------------------------------------------
     def axis_index(self, axis: str | None) -> int:
@@ -179,6 +229,8 @@ class _Case:
 
     def section(self, s: np.ndarray, a: int) -> np.ndarray:
         """A slice across world axis a (the other two canonical axes, in order) -> display."""
+        if self.raster:  # the image's own layout: array [W, H] -> rows down, columns right
+            return s.T
         d = s.T[::-1]
         if a == 0 or self.convention == "radiological":
             d = d[:, ::-1]
@@ -203,12 +255,17 @@ class _Case:
     def display_position(self, a: int, voxel: Sequence[float]) -> tuple[float, float]:
         """(row, col) on slice display of axis a of a canonical voxel position."""
         r, c = self.in_plane_axes(a)
+        if self.raster:
+            return voxel[r], voxel[c]
         row = self.shape[r] - 1 - voxel[r]
         flip = a == 0 or self.convention == "radiological"
         col = self.shape[c] - 1 - voxel[c] if flip else voxel[c]
         return row, col
 
-    def edge_letters(self, a: int) -> dict:
+    def edge_letters(self, a: int) -> dict[str, str] | None:
+        """Orientation letters of the display edges (None for raster images)."""
+        if self.raster:
+            return None
         right_left = ("R", "L") if self.convention == "radiological" else ("L", "R")
         if a == 2:
             return {"top": "A", "bottom": "P", "left": right_left[0], "right": right_left[1]}
@@ -222,7 +279,14 @@ class _Case:
         return float((self.affine[:3, :3] @ centre + self.affine[:3, 3])[a])
 
     def label(self, a: int, k: int) -> str:
+        if self.raster:
+            return "pixels"
         return f"{_AXIS_NAMES[a]} {k}  ({_WORLD[a]} = {self.slice_world(a, k):+.1f} mm)"
+
+    def source_index(self, voxel: Sequence[int]) -> tuple[int, ...]:
+        """The index in the source array (as stored) of a RAS+ voxel of the scene."""
+        idx = np.rint(self.canonical.to_source_index(voxel)).astype(int)
+        return tuple(int(v) for v in idx[: 2 if self.is_2d else 3])
 
     # rendering ------------------------------------------------------------------------
     def blend_table(self, alpha: float) -> np.ndarray:
@@ -302,7 +366,7 @@ class _Case:
         _check_choice(select, ("even", "hottest"), "select")
         n = int(n)
         if n < 1:
-            raise ConfigError(f"`n` must be a positive number of slices, not {n}", key="n")
+            raise ArgumentError(f"`n` must be a positive number of slices, not {n}", name="n")
         if n >= size:
             return list(range(size))
         if select == "hottest":
@@ -325,5 +389,5 @@ class _Case:
         return int(hits[0]), int(hits[-1])
 
 
-def _make_case(image, heat, mask, affine, **display) -> _Case:
-    return _Case(image, heat, mask, affine, **display)
+def _make_case(image: Any, heat: Any, mask: Any, affine: Any, **display: Any) -> _Case:
+    return Scene(image, affine, others=(heat, mask), **display).with_heat(heat, mask)

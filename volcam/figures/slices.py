@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -10,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from volcam.errors import ConfigError
-from volcam.figures.render import _AXIS_NAMES, WindowLike, _make_case
+from volcam.errors import ArgumentError
+from volcam.figures.render import _AXIS_NAMES, WindowLike, _Case, _make_case
 from volcam.io.nifti import atomic_write
 
 
@@ -103,13 +104,18 @@ def save_slice_pngs(
     prefix: str = "",
     workers: int | None = None,
     compress_level: int = 1,
+    square_pixels: bool = False,
+    min_size: int = 0,
+    colorbar: bool = False,
+    letters: bool = False,
 ) -> list[Path]:
     """Write one PNG per slice: the windowed grey slice with the heat blended over it.
 
     The colour mapping is a colormap lookup table indexed with numpy (no per-pixel
     calls); slices are rendered, encoded (Pillow) and written atomically in a thread
     pool. Files are named ``{prefix}{axis}_{k:03d}.png``, ``k`` in RAS+ order; one
-    pixel per voxel. All arguments are checked before anything is written.
+    pixel per voxel unless ``square_pixels`` or ``min_size`` ask otherwise. All arguments
+    are checked before anything is written.
 
     Args:
         image, heat: volumes of the same spatial shape (see the module doc).
@@ -123,6 +129,12 @@ def save_slice_pngs(
         prefix: file name prefix, e.g. ``"case01_"``.
         workers: threads (default: up to 8, at most the CPU count).
         compress_level: zlib level 0-9 of the PNGs (1: fast, 6: smaller files).
+        square_pixels: resample each slice for display so that its pixels are square in mm
+            (a 0.7 x 5 mm voxel becomes 1 x 7 pixels); False keeps one pixel per voxel.
+        min_size: upscale (nearest neighbour, whole factors) until the shorter side has at
+            least this many pixels.
+        colorbar: append a colour bar of the heat scale on the right.
+        letters: write the orientation letters (R/L, A/P, S/I) at the edges.
 
     Returns:
         The written paths, in slice order.
@@ -141,10 +153,42 @@ def save_slice_pngs(
         outline_color=outline_color,
         convention=convention,
     )
+    return write_slice_pngs(
+        case,
+        out_dir,
+        axis=axis,
+        slices=slices,
+        prefix=prefix,
+        workers=workers,
+        compress_level=compress_level,
+        square_pixels=square_pixels,
+        min_size=min_size,
+        colorbar=colorbar,
+        letters=letters,
+    )
+
+
+def write_slice_pngs(
+    case: _Case,
+    out_dir: str | os.PathLike[str],
+    *,
+    axis: str | None = None,
+    slices: Sequence[int] | None = None,
+    prefix: str = "",
+    workers: int | None = None,
+    compress_level: int = 1,
+    square_pixels: bool = False,
+    min_size: int = 0,
+    colorbar: bool = False,
+    letters: bool = False,
+) -> list[Path]:
+    """:func:`save_slice_pngs` for a prepared case (a :class:`~volcam.figures.render.Scene`
+    with its heat): the image is reoriented and windowed once for every class and axis."""
     a = case.axis_index(axis)
     indices = list(range(case.shape[a])) if slices is None else [case.check_index(a, k) for k in slices]
     if not 0 <= int(compress_level) <= 9:
-        raise ConfigError(f"`compress_level` must be in 0..9, not {compress_level}", key="compress_level")
+        raise ArgumentError(f"`compress_level` must be in 0..9, not {compress_level}", name="compress_level")
+    finish = _Display(case, a, square_pixels=square_pixels, min_size=int(min_size), colorbar=colorbar, letters=letters)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(case.shape[a] - 1)))
@@ -169,10 +213,70 @@ def save_slice_pngs(
         written = []
         for k, path in items:
             sec = [None if v is None else case.section(v[k - k0], a) for v in (img, hm, mk)]
-            written.append(_write_png(path, case.blend(*sec), int(compress_level)))
+            rgb = finish(case.blend(*sec))
+            written.append(_write_png(path, rgb, int(compress_level)))
         return written
 
     if workers <= 1 or len(jobs) <= 1:
         return [p for items in jobs for p in job(items)]
     with ThreadPoolExecutor(max_workers=int(workers)) as pool:
         return [p for written in pool.map(job, jobs) for p in written]
+
+
+class _Display:
+    """Turns a slice's RGB into the PNG's pixels: square pixels, a minimum size, a colour bar
+    and orientation letters, as asked."""
+
+    def __init__(self, case: _Case, a: int, *, square_pixels: bool, min_size: int, colorbar: bool, letters: bool):
+        r, c = case.in_plane_axes(a)
+        zr, zc = (float(case.zooms[r]), float(case.zooms[c])) if square_pixels else (1.0, 1.0)
+        px = min(zr, zc)
+        h = max(1, int(round(case.shape[r] * zr / px)))
+        w = max(1, int(round(case.shape[c] * zc / px)))
+        factor = max(1, math.ceil(min_size / max(1, min(h, w)))) if min_size else 1
+        self.rows = _nearest_index(case.shape[r], h * factor)
+        self.cols = _nearest_index(case.shape[c], w * factor)
+        self.letters = case.edge_letters(a) if letters else None
+        self.bar = _colour_bar(case, h * factor) if colorbar else None
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        out = rgb[self.rows][:, self.cols]
+        if self.letters or self.bar is not None:
+            out = _decorate(out, self.letters, self.bar)
+        return out
+
+
+def _nearest_index(n: int, size: int) -> np.ndarray:
+    """Indices of ``size`` pixel centres sampled from ``n`` (nearest neighbour)."""
+    return np.minimum(((np.arange(size) + 0.5) * n / size).astype(np.intp), n - 1)
+
+
+def _colour_bar(case: _Case, height: int) -> np.ndarray:
+    """uint8 [height, 14, 3]: the heat colour map, top = top of the heat range."""
+    n = len(case.lut)
+    index = np.linspace(n - 1, 0, height).astype(np.intp)
+    strip = np.rint(case.lut[index] * 255).astype(np.uint8)[:, None, :]
+    bar = np.zeros((height, 14, 3), np.uint8)
+    bar[:, 4:, :] = strip
+    return bar
+
+
+def _decorate(rgb: np.ndarray, letters: dict[str, str] | None, bar: np.ndarray | None) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(np.ascontiguousarray(rgb))
+    if letters:
+        draw = ImageDraw.Draw(picture)
+        h, w = rgb.shape[:2]
+        spots = {
+            "top": (w / 2, 2, "mt"),
+            "bottom": (w / 2, h - 2, "mb"),
+            "left": (2, h / 2, "lm"),
+            "right": (w - 2, h / 2, "rm"),
+        }
+        for edge, (x, y, anchor) in spots.items():
+            draw.text((x, y), letters[edge], fill=(255, 255, 255), anchor=anchor, stroke_width=1, stroke_fill=(0, 0, 0))
+    out = np.asarray(picture)
+    if bar is not None:
+        out = np.concatenate([out, bar[: out.shape[0]]], axis=1)
+    return out

@@ -13,8 +13,8 @@ import matplotlib.colors as mcolors
 import matplotlib.figure
 import numpy as np
 
-from volcam.errors import ConfigError, ValueRangeError
-from volcam.figures.render import AXES, WindowLike, _Case, _colormap, _make_case, _resolve_range
+from volcam.errors import ArgumentError, ValueRangeError
+from volcam.figures.render import _AXIS_NAMES, AXES, WindowLike, _Case, _colormap, _make_case, _resolve_range
 from volcam.io.nifti import atomic_write
 
 # --------------------------------------------------------------------------- figures
@@ -137,10 +137,38 @@ def mosaic(
         outline_color=outline_color,
         convention=convention,
     )
+    return draw_mosaic(
+        case,
+        axis=axis,
+        n=n,
+        select=select,
+        ncols=ncols,
+        colorbar=colorbar,
+        title=title,
+        panel_size=panel_size,
+        interpolation=interpolation,
+        fig=fig,
+    )
+
+
+def draw_mosaic(
+    case: _Case,
+    *,
+    axis: str | None = None,
+    n: int = 9,
+    select: str | Sequence[int] = "even",
+    ncols: int | None = None,
+    colorbar: bool = True,
+    title: str | None = None,
+    panel_size: float = 2.4,
+    interpolation: str = "nearest",
+    fig: Any = None,
+) -> matplotlib.figure.Figure:
+    """:func:`mosaic` of a prepared case (a :class:`~volcam.figures.render.Scene` with its heat)."""
     a = case.axis_index(axis)
     chosen = case.choose_slices(a, n, select)
     if not chosen:
-        raise ConfigError("`select` must name at least one slice, not an empty list", key="select")
+        raise ArgumentError("`select` must name at least one slice, not an empty list", name="select")
     count = len(chosen)
     ncols = int(ncols) if ncols else int(math.ceil(math.sqrt(count)))
     nrows = int(math.ceil(count / ncols))
@@ -158,7 +186,7 @@ def mosaic(
         k = chosen[i]
         _show(ax, case, a, k, interpolation)
         ax.set_title(case.label(a, k), color="white", fontsize=8, pad=3)
-        if i == 0:
+        if i == 0 and case.edge_letters(a):
             _letters(ax, case.edge_letters(a))
     if colorbar:
         _style_colorbar(add_colorbar(fig, axes.ravel().tolist(), cmap=case.cmap, heat_range=case.heat_range))
@@ -172,7 +200,7 @@ def _voxel_of_point(case: _Case, point: Sequence[float]) -> tuple[int, int, int]
     if p.size == 2:
         p = np.r_[p, case.affine[2, 3]]
     if p.size != 3 or not np.all(np.isfinite(p)):
-        raise ConfigError(f"`point` must be a finite world position (x, y, z) in mm, not {point!r}", key="point")
+        raise ArgumentError(f"`point` must be a finite world position (x, y, z) in mm, not {point!r}", name="point")
     voxel = np.linalg.solve(case.affine[:3, :3], p - case.affine[:3, 3])
     rounded = np.rint(voxel).astype(int)
     if case.is_2d:
@@ -234,10 +262,38 @@ def orthogonal_views(
         outline_color=outline_color,
         convention=convention,
     )
-    voxel = case.hottest_voxel() if point is None else _voxel_of_point(case, point)
+    return draw_orthogonal(
+        case,
+        point=point,
+        crosshair=crosshair,
+        colorbar=colorbar,
+        title=title,
+        panel_size=panel_size,
+        interpolation=interpolation,
+        fig=fig,
+    )
+
+
+def draw_orthogonal(
+    case: _Case,
+    *,
+    point: Sequence[float] | None = None,
+    crosshair: bool = True,
+    colorbar: bool = True,
+    title: str | None = None,
+    panel_size: float = 3.0,
+    interpolation: str = "nearest",
+    fig: Any = None,
+) -> matplotlib.figure.Figure:
+    """:func:`orthogonal_views` of a prepared case (a :class:`~volcam.figures.render.Scene`
+    with its heat). ``title`` is put above the heading that names the point."""
+    flat = point is None and not bool(np.nanmax(case.heat) > np.nanmin(case.heat))
+    if flat:  # no hottest voxel: show the middle of the volume, and say why
+        voxel = tuple(int(v) // 2 for v in case.shape)
+    else:
+        voxel = case.hottest_voxel() if point is None else _voxel_of_point(case, point)
     world = case.affine[:3, :3] @ np.asarray(voxel, dtype=np.float64) + case.affine[:3, 3]
-    src_voxel = np.linalg.solve(case.source_affine[:3, :3], world - case.source_affine[:3, 3])
-    src_voxel = tuple(int(v) for v in np.rint(src_voxel)[: 2 if case.is_2d else 3])
+    src_voxel = case.source_index(voxel)
 
     views = [AXES[case.default_axis]] if case.is_2d else [2, 1, 0]  # 2D: its own plane only
     widths = [case.shape[case.in_plane_axes(a)[1]] * case.zooms[case.in_plane_axes(a)[1]] for a in views]
@@ -249,7 +305,8 @@ def orthogonal_views(
     for ax, a in zip(axes, views):
         _show(ax, case, a, voxel[a], interpolation)
         ax.set_title(case.label(a, voxel[a]), color="white", fontsize=8, pad=3)
-        _letters(ax, case.edge_letters(a))
+        if case.edge_letters(a):
+            _letters(ax, case.edge_letters(a))
         if crosshair:
             row, col = case.display_position(a, voxel)
             line = dict(color="white", linewidth=0.6, alpha=0.6)
@@ -257,12 +314,18 @@ def orthogonal_views(
             ax.axvline(col, **line)
     if colorbar:
         _style_colorbar(add_colorbar(fig, list(axes), cmap=case.cmap, heat_range=case.heat_range))
-    where = "hottest voxel" if point is None else "point"
-    heading = (
-        f"{where} at ({world[0]:+.1f}, {world[1]:+.1f}, {world[2]:+.1f}) mm, voxel {src_voxel}, "
-        f"heat {float(case.heat[voxel]):.2f}"
-    )
-    fig.suptitle(title or heading, color="white", fontsize=9)
+    if flat:
+        heading = "the map is zero everywhere (no voxel is hot): middle slices shown"
+    elif case.raster:
+        heading = f"hottest pixel at column {voxel[0]}, row {voxel[1]}, heat {float(case.heat[voxel]):.2f}"
+    else:
+        where = "hottest voxel" if point is None else "point"
+        slices = ", ".join(f"{_AXIS_NAMES[a]} {voxel[a]}" for a in views)
+        heading = (
+            f"{where} at ({world[0]:+.1f}, {world[1]:+.1f}, {world[2]:+.1f}) mm: {slices} "
+            f"(scan voxel {' '.join(str(v) for v in src_voxel)}), heat {float(case.heat[voxel]):.2f}"
+        )
+    fig.suptitle(f"{title}\n{heading}" if title else heading, color="white", fontsize=9)
     return fig
 
 
@@ -288,8 +351,8 @@ def save_figure(fig, path: str | os.PathLike[str], *, dpi: float = 150, **savefi
     fmt = path.suffix.lower().lstrip(".")
     supported = fig.canvas.get_supported_filetypes()
     if fmt not in supported:
-        raise ConfigError(
-            f"figure path must end in one of {sorted('.' + f for f in supported)}, not '{path}'", key="path"
+        raise ArgumentError(
+            f"figure path must end in one of {sorted('.' + f for f in supported)}, not '{path}'", name="path"
         )
     savefig_kwargs.setdefault("bbox_inches", "tight")
     savefig_kwargs.setdefault("facecolor", fig.get_facecolor())

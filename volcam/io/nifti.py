@@ -350,8 +350,29 @@ def _meta_code(meta: Mapping, name: str) -> int | None:
         return None
 
 
+def _source_file(tensor: Any) -> Path | None:
+    """The NIfTI file a MetaTensor was loaded from, when it still lies on that file's grid."""
+    name = tensor.meta.get("filename_or_obj") if isinstance(getattr(tensor, "meta", None), Mapping) else None
+    if not isinstance(name, (str, os.PathLike)) or _nifti_suffix(Path(name)) is None or not Path(name).is_file():
+        return None
+    try:
+        header_only = nib.load(str(name))
+    except Exception:
+        return None
+    shape = tuple(header_only.shape[:3])
+    spatial = tuple(tensor.shape[1:])
+    if spatial + (1,) * (len(shape) - len(spatial)) != shape[: max(len(spatial), len(shape))]:
+        return None
+    if not same_grid(np.asarray(header_only.affine), as_affine(tensor.affine)):
+        return None
+    return Path(name)
+
+
 def _reference_geometry(reference: Any) -> _Geometry:
     if is_meta_tensor(reference):
+        source = _source_file(reference)
+        if source is not None:  # copy the file's whole header (qform and sform, codes, units)
+            return _reference_geometry(source)
         meta = reference.meta
         name = meta.get("filename_or_obj") or "the reference MetaTensor"
         return _Geometry(
@@ -411,6 +432,9 @@ def _resolve_geometry(volume: Any, reference: Any, affine: Any) -> _Geometry:
     if affine is not None:
         return _Geometry(as_affine(affine))
     if is_meta_tensor(volume):
+        source = _source_file(volume)
+        if source is not None:
+            return _reference_geometry(source)
         meta = volume.meta
         return _Geometry(
             as_affine(volume.affine, "volume.affine"),

@@ -257,13 +257,16 @@ def _run_curves(
 
 def _warn_weak_baseline(reference: torch.Tensor, full: torch.Tensor) -> None:
     """Warn when the baseline image keeps more than half of the image's score."""
-    weak = (reference - full) < 0.5 * reference.abs()
+    removed = (reference - full) / reference.abs().clamp_min(1e-12)  # the fraction of the score it removes
+    weak = removed < 0.5
     if bool(weak.any()):
-        kept = (full / reference)[weak].tolist()
+        said = []
+        for b, r in zip(torch.nonzero(weak).flatten().tolist(), removed[weak].tolist()):
+            what = f"raises the score by {-r:.0%}" if r < 0 else f"removes only {r:.0%} of the score"
+            said.append(f"sample {b}: {what}")
         warnings.warn(
-            f"the baseline image keeps {', '.join(f'{k:.0%}' for k in kept)} of the image's score for sample(s) "
-            f"{torch.nonzero(weak).flatten().tolist()}: it removes little of the evidence, the curves are rescaled "
-            "by a small difference and can leave [0, 1]. A stronger baseline (a larger `sigma`, or 'min') helps.",
+            f"the baseline image is weak ({'; '.join(said)}): the curves are rescaled by a small difference "
+            "and can leave [0, 1]. A stronger baseline (a larger `sigma`, or 'min') helps.",
             stacklevel=4,
         )
 

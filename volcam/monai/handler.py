@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from copy import deepcopy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +53,7 @@ else:
 __all__ = ["CAMHandler", "default_batch_transform", "default_output_transform", "overlay", "EXPORTS"]
 
 #: what the handler can write per case
-EXPORTS = ("nifti", "png", "figure")
+EXPORTS = ("nifti", "png", "figure", "viewer")
 
 
 def _require_ignite() -> None:
@@ -253,6 +252,7 @@ class CAMHandler:
         self.written: dict[str, dict[str, Any]] = {}
         self._epoch: int | None = None
         self._warned = False
+        self._said_epochs = False
         self._count = 0
 
     # ------------------------------------------------------------------ ignite
@@ -305,6 +305,19 @@ class CAMHandler:
         epoch = int(engine.state.epoch)
         if epoch != self._epoch:
             self._reset(engine)
+        if (
+            epoch % self.every_n_epochs != 0
+            and not self._said_epochs
+            and getattr(engine.state, "max_epochs", 0) <= epoch
+        ):
+            self._said_epochs = True
+            warnings.warn(
+                f"CAMHandler writes on epochs {self.every_n_epochs}, {2 * self.every_n_epochs}, ... "
+                f"(every_n_epochs={self.every_n_epochs}) and this engine's run ends at epoch {epoch}: nothing is "
+                "written in it. A standalone evaluator runs epoch 1 only: set every_n_epochs=1 there",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if not self._due(epoch):
             return
         images = split_cases(_unwrap(self.batch_transform(engine.state.batch)), "image")
@@ -336,96 +349,96 @@ class CAMHandler:
                 targets = label_targets(self.targets, labels, device)
             else:
                 targets = self.targets
-            heat = cam.explain(x, targets).heat.detach().cpu()
-            del x
+            res = cam.explain(x, targets)
+            heat = res.heat.detach().cpu()
+            predicted = self._predicted(res.output.detach()).cpu()
+            del x, res
             for i, image in enumerate(images):
                 index = self._count + i
                 name = case_name(image, f"case_{index:03d}")
                 if name in self.written:
                     name = f"{name}_{index:03d}"
                 label = None if labels is None else plain(labels[i]).detach().cpu()
-                self.written[name] = self._export(engine, epoch, name, image, heat[i], label)
+                self.written[name] = self._export(engine, epoch, name, image, heat[i], label, predicted[i])
         self._count += n
 
     # ------------------------------------------------------------------ exports
+    @property
+    def class_name(self) -> str:
+        """The folder of the explained class: ``class<c>`` for an int target, else ``cam``."""
+        if isinstance(self.targets, int) and not isinstance(self.targets, bool):
+            return f"class{self.targets}"
+        return "cam"
+
+    def _settings(self) -> Any:
+        from volcam.run.settings import OutputSettings
+
+        axis = self.png_args.get("axis") or self.figure_args.get("axis") or "axial"
+        figure = "mosaic" if self.figure_args.get("select") or self.figure_args.get("n") else "orthogonal"
+        return OutputSettings.from_raw(
+            {
+                **OutputSettings().__dict__,
+                "axes": [axis],
+                "heat_nifti": "nifti" in self.exports,
+                "pngs": "png" in self.exports,
+                "figure": figure if "figure" in self.exports else None,
+                "viewer": "viewer" in self.exports,
+                "raw_heat": not getattr(self.cam, "normalize", True),
+                "window": self.png_args.get("window", self.figure_args.get("window")),
+                "cmap": self.png_args.get("cmap", "jet"),
+                "alpha": self.png_args.get("alpha", 0.5),
+                "convention": self.png_args.get("convention", "radiological"),
+            }
+        )
+
+    def _predicted(self, output: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, *S]``: the region the network predicts as the explained class (any
+        foreground class when ``targets`` is not a class index)."""
+        c = self.targets if isinstance(self.targets, int) and not isinstance(self.targets, bool) else None
+        if output.ndim < 3:
+            return torch.zeros(output.shape[0], 1)
+        if output.shape[1] == 1:
+            return output[:, :1] > 0
+        winner = output.argmax(1, keepdim=True)
+        return winner == c if c is not None else winner > 0
+
     def _export(
-        self, engine: Any, epoch: int, name: str, image: torch.Tensor, heat: torch.Tensor, label: torch.Tensor | None
+        self,
+        engine: Any,
+        epoch: int,
+        name: str,
+        image: torch.Tensor,
+        heat: torch.Tensor,
+        label: torch.Tensor | None,
+        predicted: torch.Tensor | None = None,
     ) -> dict[str, Any]:
-        """Write one case: ``heat`` ``[1, *S]`` on the grid of ``image`` ``[C, *S]`` (both on the CPU)."""
+        """Write one case as ``volcam run`` does: ``heat`` ``[1, *S]`` on the grid of ``image``
+        ``[C, *S]`` (both on the CPU) taken back to the scan's grid, into
+        ``output_dir/epoch_NNNN/<case>/<class>/``."""
+        from monai.data import MetaTensor
+
+        from volcam.monai._export import to_source
+        from volcam.run.cases import Case
+        from volcam.run.export import CaseExporter
+        from volcam.run.runner import CaseOutput, ClassOutput
+
         case_dir = self.output_dir / f"epoch_{epoch:04d}" / name
         written: dict[str, Any] = {"dir": case_dir}
         if not self.exports and self.summary_writer is None:
             return written
         image = image.detach().cpu()
-        affine = _affine(image)
-        if affine is None and not self._warned:
-            self._warned = True
-            warnings.warn(
-                "the batch images carry no affine (they are not MetaTensors); the CAMs are written "
-                "with an identity affine and will not overlay the scans in a viewer",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if affine is None:
-            affine = torch.eye(4, dtype=torch.float64)
-        if "nifti" in self.exports:
-            written["nifti"] = self._write_nifti(image, heat, affine, case_dir)
-        volume = plain(image)[0].float()
-        heat_volume = heat[0].float()
-        mask = None
-        if label is not None:
-            mask = (label[0] > 0) if label.shape[0] == 1 else (label[1:] > 0).any(0)
-        if "png" in self.exports or "figure" in self.exports:
-            from volcam import figures
-
-            axis = "axial" if volume.ndim == 3 else None
-            if "png" in self.exports:
-                written["png"] = figures.save_slice_pngs(
-                    volume,
-                    heat_volume,
-                    case_dir / "slices",
-                    affine=affine,
-                    mask=mask,
-                    **{"axis": axis, **self.png_args},
-                )
-            if "figure" in self.exports:
-                fig = figures.mosaic(
-                    volume,
-                    heat_volume,
-                    affine=affine,
-                    mask=mask,
-                    **{"axis": axis, "select": "hottest", "title": f"{name}, epoch {epoch}", **self.figure_args},
-                )
-                written["figure"] = figures.save_figure(fig, case_dir / "figure.png")
-        if self.summary_writer is not None:
-            from monai.visualize import plot_2d_or_3d_image
-
-            plot_2d_or_3d_image(
-                overlay(volume, heat_volume)[None], epoch, self.summary_writer, max_channels=3, tag=f"{self.tag}/{name}"
-            )
-        self.logger.info(f"CAMHandler: epoch {epoch}, case {name!r} -> {case_dir}")
-        return written
-
-    def _write_nifti(self, image: torch.Tensor, heat: torch.Tensor, affine: torch.Tensor, case_dir: Path) -> Path:
-        """``heat.nii.gz`` on the source scan's grid (as is when the network saw that grid,
-        else through the inverse of ``transform``); without ``transform``,
-        ``heat_preprocessed.nii.gz`` on the grid the network saw."""
-        from monai.data import MetaTensor
-
-        from volcam import io as vio
-
-        raw = not getattr(self.cam, "normalize", True)
         if not isinstance(image, MetaTensor):
-            return vio.save_heat(heat, case_dir / "heat.nii.gz", affine=affine, raw=raw)
-        if _on_source_grid(image):
-            return vio.save_heat(_with_meta(heat, image), case_dir / "heat.nii.gz", raw=raw)
-        if self.transform is not None:
-            if _is_dict_transform(self.transform):
-                source = vio.invert_to_source(heat, {self.image_key: image}, self.transform, key=self.image_key)
-            else:
-                source = vio.invert_to_source(heat, image, self.transform)
-            return vio.save_heat(source, case_dir / "heat.nii.gz", raw=raw)
-        if not self._warned:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    "the batch images carry no affine (they are not MetaTensors); the CAMs are written "
+                    "with an identity affine and will not overlay the scans in a viewer",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            image = MetaTensor(image, affine=torch.eye(4, dtype=torch.float64))
+        src = to_source(image, heat, label, self.transform, self.image_key, predicted=predicted)
+        if not src.on_source and not self._warned:
             self._warned = True
             warnings.warn(
                 "the network input is not on the source scan's grid (the preprocessing resampled, cropped "
@@ -434,47 +447,58 @@ class CAMHandler:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        return vio.save_heat_preprocessed(heat, image, case_dir / "heat_preprocessed.nii.gz", raw=raw)
+        if self.exports:
+            outline = None if src.label is None else _foreground(src.label)
+            cls = ClassOutput(0, self.class_name, src.heat, src.predicted, {})
+            out = CaseOutput(Case(name, src.path or Path(name)), src.image, outline, False, [cls])
+            exporter = CaseExporter(
+                self._settings(), method=self.method_cls.name, layer=_layer_names(self.target_layers)
+            )
+            exporter.outputs = exporter.outputs if src.on_source else _preprocessed_grid(exporter.outputs)
+            files = exporter.write(out, case_dir, label_region=lambda lbl, c: lbl[0] > 0)
+            if not src.on_source and "nifti" in self.exports:
+                from volcam import io as vio
+
+                path = vio.save_heat_preprocessed(
+                    heat, image, case_dir / self.class_name / "heat_preprocessed.nii.gz", raw=exporter.outputs.raw_heat
+                )
+                files.append(path.relative_to(case_dir).as_posix())
+            paths = [case_dir / f for f in files]
+            nifti = [p for p in paths if p.name.startswith("heat")]
+            if nifti:
+                written["nifti"] = nifti[0]
+            written["png"] = [p for p in paths if p.parent.name in ("axial", "coronal", "sagittal")]
+            figure = [p for p in paths if p.name == "figure.png"]
+            if figure:
+                written["figure"] = figure[0]
+        if self.summary_writer is not None:
+            from monai.visualize import plot_2d_or_3d_image
+
+            volume, heat_volume = plain(image)[0].float(), heat[0].float()
+            plot_2d_or_3d_image(
+                overlay(volume, heat_volume)[None], epoch, self.summary_writer, max_channels=3, tag=f"{self.tag}/{name}"
+            )
+        self.logger.info(f"CAMHandler: epoch {epoch}, case {name!r} -> {case_dir}")
+        return written
 
 
-def _affine(image: torch.Tensor) -> torch.Tensor | None:
-    from monai.data import MetaTensor
-
-    if not isinstance(image, MetaTensor):
-        return None
-    return plain(image.affine).detach().cpu().to(torch.float64)
+def _foreground(label: torch.Tensor) -> torch.Tensor:
+    """``[1, *S]``: the labelled voxels (any class) of a label map or a one-hot label."""
+    label = plain(label)
+    return (label[:1] > 0) if label.shape[0] == 1 else (label[1:] > 0).any(0, keepdim=True)
 
 
-def _on_source_grid(image: torch.Tensor) -> bool:
-    """Whether a case lies on its source scan's grid: same spatial shape and affine as
-    recorded by the loader (``spatial_shape``, ``original_affine``); True when unknown."""
-    import numpy as np
-
-    meta = image.meta
-    shape, original = meta.get("spatial_shape"), meta.get("original_affine")
-    if shape is not None and tuple(int(s) for s in np.asarray(shape).reshape(-1)) != tuple(image.shape[1:]):
-        return False
-    if original is not None:
-        original = np.asarray(plain(torch.as_tensor(original)).cpu(), dtype=np.float64)
-        current = np.asarray(plain(image.affine).cpu(), dtype=np.float64)
-        if original.shape != current.shape or not np.allclose(original, current, atol=1e-4):
-            return False
-    return True
+def _layer_names(layers: Any) -> str:
+    if isinstance(layers, (list, tuple)):
+        return ";".join(str(x) if isinstance(x, str) else type(x).__name__ for x in layers)
+    return str(layers) if isinstance(layers, str) else type(layers).__name__
 
 
-def _is_dict_transform(transform: Any) -> bool:
-    from monai.transforms import Compose, MapTransform
+def _preprocessed_grid(outputs: Any) -> Any:
+    """Outputs of a case left on the network's grid: no heat.nii.gz (it would claim the scan's grid)."""
+    from dataclasses import replace
 
-    if isinstance(transform, Compose):
-        return any(isinstance(t, MapTransform) for t in transform.flatten().transforms)
-    return isinstance(transform, MapTransform)
-
-
-def _with_meta(heat: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """``heat`` as a MetaTensor carrying the image's metadata (affine, header codes, file name)."""
-    from monai.data import MetaTensor
-
-    return MetaTensor(heat, meta=deepcopy(image.meta), applied_operations=deepcopy(image.applied_operations))
+    return replace(outputs, heat_nifti=False)
 
 
 def _jet(h: torch.Tensor) -> torch.Tensor:

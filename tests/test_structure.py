@@ -1,0 +1,86 @@
+"""The package's shape: imports point one way (no cycle inside volcam/, lazy imports included),
+and modules stay small."""
+
+import ast
+from pathlib import Path
+
+import volcam
+
+PACKAGE = Path(volcam.__file__).resolve().parent
+
+
+def module_names() -> dict[str, Path]:
+    mods = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = path
+    return mods
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the volcam modules it imports, at the top or inside functions."""
+    mods = module_names()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in mods:
+                    target = target.rpartition(".")[0]
+                # the package itself (volcam/__init__.py) re-exports; importing it is not a dependency
+                if target and target != name and target != "volcam":
+                    graph[name].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    colour: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if colour.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if colour.get(nxt) is None:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        colour[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if colour.get(node) is None:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_inside_volcam():
+    graph = import_graph()
+    assert len(graph) > 40 and "volcam.run.loop" in graph["volcam.run.distributed"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_loops_do_not_import_each_other():
+    graph = import_graph()
+    assert "volcam.run.distributed" not in graph["volcam.run.loop"]

@@ -1,0 +1,119 @@
+"""A case's viewer rebuilt from the files ``volcam run`` wrote for it.
+
+A case folder ``<out>/<case>/`` holds ``volcam-case.json`` (the scan's path under
+``"image"``, the label's under ``"label"``, one summary row per class under ``"rows"``,
+each naming its heat NIfTI relative to ``<out>``) and ``<class_name>/heat.nii.gz`` on the
+scan's grid. :func:`write_case_viewer` reads them back and writes ``<case>/viewer.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from volcam.errors import ArgumentError, ImageReadError
+
+__all__ = ["RECORD_NAME", "write_case_viewer"]
+
+logger = logging.getLogger(__name__)
+
+#: the record a case folder holds
+RECORD_NAME = "volcam-case.json"
+
+
+def _locate(recorded: str | os.PathLike[str], case_dir: Path, what: str) -> Path:
+    """A recorded path as given (absolute, or relative to the working folder), else relative
+    to the run folder or its parent (where a run is usually started)."""
+    path = Path(recorded)
+    candidates = [path] if path.is_absolute() else [path, case_dir.parent / path, case_dir.parent.parent / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    option = "--image" if what == "scan" else "--label"
+    raise ImageReadError(
+        f"the {what} '{recorded}' recorded in {case_dir / RECORD_NAME} must exist, but it does not (looked in "
+        f"{', '.join(str(c) for c in candidates)}); pass its path ({option} on the command line)",
+        path=path,
+    )
+
+
+def write_case_viewer(
+    case_dir: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    image: str | os.PathLike[str] | None = None,
+    label: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Path:
+    """Write the viewer of one case of a run from its written files.
+
+    Every class with a heat NIfTI becomes a layer (named by its class name) with its
+    summary figures; the label, when there is one, is outlined per class as
+    ``"reference: <class name>"``.
+
+    Args:
+        case_dir: the case's output folder (holding ``volcam-case.json``).
+        path: destination (default ``<case_dir>/viewer.html``).
+        image: the scan, when it is no longer where the record says.
+        label: the label map, likewise (an empty string: no outlines).
+        options: passed to :func:`volcam.figures.viewer.write_viewer` (``convention``,
+            ``coordinates``, ``window``, ``max_bytes``, ...).
+
+    Returns:
+        The written ``Path``.
+
+    Raises:
+        ArgumentError: ``case_dir`` is not a case folder, or holds no heat NIfTI.
+        ImageReadError: the scan, label or a heat file cannot be found or read.
+    """
+    import numpy as np
+
+    from volcam.figures.viewer import write_viewer
+    from volcam.io import load_image
+
+    case_dir = Path(case_dir)
+    record_path = case_dir / RECORD_NAME
+    if not record_path.is_file():
+        raise ArgumentError(
+            f"`case_dir` must be a case folder of a volcam run (with {RECORD_NAME}), not '{case_dir}'",
+            name="case_dir",
+        )
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ArgumentError(f"{record_path} must be a JSON record, but it cannot be read: {err}") from err
+    out_dir = case_dir.parent
+    heats, stats, classes = {}, {}, {}
+    for row in record.get("rows", []):
+        name = str(row.get("class_name") or row.get("class"))
+        rel = row.get("heat_nifti") or ""
+        heat_path = out_dir / rel if rel else case_dir / name / "heat.nii.gz"
+        if not heat_path.is_file():
+            logger.info("%s: no heat NIfTI for class %s", case_dir, name)
+            continue
+        heats[name] = load_image(heat_path)
+        stats[name] = row
+        classes[name] = row.get("class")
+    if not heats:
+        raise ArgumentError(
+            f"`case_dir` must hold at least one heat NIfTI, not '{case_dir}' without any (run with "
+            "outputs.heat_nifti: true)",
+            name="case_dir",
+        )
+    scan = load_image(_locate(image if image is not None else record.get("image", ""), case_dir, "scan"))
+    masks = {}
+    label_path = label if label is not None else record.get("label")
+    if label_path:
+        label_map = load_image(_locate(label_path, case_dir, "label"))[0].numpy()
+        for name, c in classes.items():
+            if c not in (None, ""):
+                masks[f"reference: {name}"] = label_map == np.float32(c)
+    options.setdefault(
+        "title", f"{record.get('case', case_dir.name)}: {Path(str(scan.meta.get('filename_or_obj', ''))).name}"
+    )
+    return write_viewer(
+        scan, heats, path if path is not None else case_dir / "viewer.html", masks=masks, stats=stats, **options
+    )

@@ -1,0 +1,119 @@
+"""The handler's files: one case of a batch taken back to its scan's grid and written exactly as
+``volcam run`` writes a case (:class:`volcam.run.export.CaseExporter`)."""
+
+from __future__ import annotations
+
+import warnings
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from volcam.monai._cases import plain
+
+__all__ = ["SourceCase", "to_source", "on_source_grid", "is_dict_transform"]
+
+
+class SourceCase:
+    """One case on its scan's grid: ``image`` ``[C, *S]``, ``heat`` ``[1, *S]`` MetaTensors,
+    ``label`` ``[L, *S]`` (or None), the scan's file (``path``, or None), and whether it lies
+    on the scan's own grid (``on_source``; False when the preprocessing could not be undone)."""
+
+    def __init__(self, image: Any, heat: Any, label: Any, path: Path | None, on_source: bool, predicted: Any = None):
+        self.image = image
+        self.heat = heat
+        self.label = label
+        self.path = path
+        self.on_source = on_source
+        shape = tuple(heat.shape[1:])
+        self.predicted = (predicted if predicted is not None else torch.zeros(1, *shape))[0] > 0.5
+
+
+def on_source_grid(image: torch.Tensor) -> bool:
+    """Whether a case lies on its source scan's grid: same spatial shape and affine as
+    recorded by the loader (``spatial_shape``, ``original_affine``); True when unknown."""
+    meta = image.meta
+    shape, original = meta.get("spatial_shape"), meta.get("original_affine")
+    if shape is not None and tuple(int(s) for s in np.asarray(shape).reshape(-1)) != tuple(image.shape[1:]):
+        return False
+    if original is not None:
+        original = np.asarray(plain(torch.as_tensor(original)).cpu(), dtype=np.float64)
+        current = np.asarray(plain(image.affine).cpu(), dtype=np.float64)
+        if original.shape != current.shape or not np.allclose(original, current, atol=1e-4):
+            return False
+    return True
+
+
+def is_dict_transform(transform: Any) -> bool:
+    from monai.transforms import Compose, MapTransform
+
+    if isinstance(transform, Compose):
+        return any(isinstance(t, MapTransform) for t in transform.flatten().transforms)
+    return isinstance(transform, MapTransform)
+
+
+def _with_meta(volume: torch.Tensor, image: Any) -> Any:
+    from monai.data import MetaTensor
+
+    return MetaTensor(volume, meta=deepcopy(image.meta), applied_operations=deepcopy(image.applied_operations))
+
+
+def _invert(volume: torch.Tensor, image: Any, transform: Any, key: str, nearest: bool) -> Any:
+    from volcam.io import invert_to_source
+
+    if is_dict_transform(transform):
+        return invert_to_source(volume, {key: image}, transform, key=key, nearest=nearest)
+    return invert_to_source(volume, image, transform, nearest=nearest)
+
+
+def _scan_file(image: Any) -> Path | None:
+    name = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
+    if isinstance(name, (list, tuple)):
+        name = name[0] if len(name) == 1 else None
+    if not isinstance(name, (str, Path)) or not str(name):
+        return None
+    path = Path(str(name))
+    return path if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")) else None
+
+
+def _original_scan(path: Path | None, like: Any) -> Any:
+    """The scan as stored (its own intensities, e.g. Hounsfield units) when it lies on ``like``'s grid."""
+    if path is None:
+        return None
+    from volcam.geometry import same_grid
+    from volcam.io import load_image
+
+    try:
+        scan = load_image(path)
+    except Exception:  # an unreadable file: draw the preprocessed image instead
+        return None
+    if tuple(scan.shape[1:]) != tuple(like.shape[1:]) or not same_grid(scan.affine, like.affine):
+        return None
+    return scan
+
+
+def to_source(
+    image: Any, heat: torch.Tensor, label: torch.Tensor | None, transform: Any, key: str, *, predicted: Any = None
+) -> SourceCase:
+    """Take one case (``image`` ``[C, *S]`` MetaTensor as the network saw it, its ``heat``
+    ``[1, *S]`` and ``label``) back onto its scan's grid, through ``transform``'s inverse when the
+    preprocessing moved voxels. Without ``transform`` such a case stays on the network's grid
+    (``on_source`` False)."""
+    path = _scan_file(image)
+    pred = None if predicted is None else plain(predicted).float()
+    if on_source_grid(image):
+        source = _original_scan(path, image)
+        return SourceCase(image if source is None else source, _with_meta(heat, image), label, path, True, pred)
+    if transform is None:
+        return SourceCase(image, _with_meta(heat, image), label, None, False, pred)
+    heat_src = _invert(heat, image, transform, key, nearest=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = _original_scan(path, heat_src)
+        if source is None:
+            source = _invert(plain(image)[:1].float(), image, transform, key, nearest=False)
+        label_src = None if label is None else _invert(label.float(), image, transform, key, nearest=True)
+        pred_src = None if pred is None else plain(_invert(pred, image, transform, key, nearest=True))
+    return SourceCase(source, heat_src, None if label_src is None else plain(label_src), path, True, pred_src)

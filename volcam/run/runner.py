@@ -1,0 +1,321 @@
+"""One case of a run: explain every configured class and take the results back to the scan.
+
+:class:`Runner` builds the network (once, on its device), the CAM method and the
+preprocessing from a :class:`~volcam.run.config.RunConfig`; :meth:`Runner.explain_case`
+turns one loaded case (:func:`volcam.run.cases.load_case`) into a :class:`CaseOutput`: per
+class, the heat volume on the scan's own grid, the predicted region there, and the
+statistics of its summary row. Nothing is written here (:mod:`volcam.run.export` does that).
+
+The network is always run in eval mode. Volumes whose size the network cannot divide (a
+U-Net with strides 2, 2, 2 on 120 x 110 x 24 voxels) are padded to the next multiple of its
+downsampling factor and the results cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from volcam.errors import ConfigError, ShapeError, VolcamWarning
+from volcam.geometry import voxel_to_world, voxel_volume_ml
+from volcam.run.cases import Case, label_region
+from volcam.run.config import RunConfig
+
+__all__ = ["Runner", "CaseOutput", "ClassOutput", "network_divisor"]
+
+
+@dataclass
+class ClassOutput:
+    """One class of one case.
+
+    Attributes:
+        category: the output channel.
+        name: its file-safe name.
+        heat: ``MetaTensor [1, *S_src]`` float32 on the CPU, on the scan's own grid (in [0, 1]
+            unless ``outputs.raw_heat``).
+        prediction: ``[*S_src]`` bool, the region the network predicts as the class, on the
+            scan's grid.
+        row: the summary row (statistics; the output files are added by the exporter).
+    """
+
+    category: int
+    name: str
+    heat: Any
+    prediction: torch.Tensor
+    row: dict[str, Any]
+
+
+@dataclass
+class CaseOutput:
+    """Everything computed for one case; see :class:`ClassOutput`.
+
+    Attributes:
+        source: ``MetaTensor [C, *S_src]`` the scan as loaded.
+        label: ``[L, *S_src]`` the case's label as loaded, or None.
+        raster: whether the scan is a 2D raster image (pixel layout, no orientation).
+    """
+
+    case: Case
+    source: Any
+    label: torch.Tensor | None
+    raster: bool
+    classes: list[ClassOutput] = field(default_factory=list)
+
+
+def _prod(values: Any) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def network_divisor(model: torch.nn.Module, spatial_dims: int) -> tuple[int, ...] | None:
+    """The size every spatial axis of the input must be a multiple of, for MONAI's U-Nets
+    (UNet, AttentionUnet, BasicUNet, SegResNet, DynUNet); None when unknown."""
+    name = type(model).__name__
+    strides = getattr(model, "strides", None)
+    if name in ("UNet", "AttentionUnet") and strides is not None:
+        per_axis = [1] * spatial_dims
+        for s in strides:
+            s = [s] * spatial_dims if isinstance(s, int) else list(s)
+            per_axis = [a * int(b) for a, b in zip(per_axis, s)]
+        return tuple(per_axis)
+    if name == "DynUNet" and strides is not None:
+        per_axis = [1] * spatial_dims
+        for s in strides:
+            s = [s] * spatial_dims if isinstance(s, int) else list(s)
+            per_axis = [a * int(b) for a, b in zip(per_axis, s)]
+        return tuple(per_axis)
+    if name == "BasicUNet":
+        return (16,) * spatial_dims
+    if name == "SegResNet":
+        blocks = getattr(model, "blocks_down", None)
+        if blocks is not None:
+            return (2 ** (len(blocks) - 1),) * spatial_dims
+    return None
+
+
+def _fraction(heat: torch.Tensor, region: torch.Tensor) -> float:
+    total = float(heat.sum())
+    return float((heat * region).sum()) / total if total > 0 else float("nan")
+
+
+class Runner:
+    """Everything built once per run: network on its device, CAM method, preprocessing.
+
+    Args:
+        config: the run configuration.
+    """
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.device = config.device
+        self.classes = list(config.targets.classes)
+        self.names = dict(config.targets.names)
+        self.targets = config.targets
+        self.sliding = config.sliding
+        self.pre = config.build_preprocessing()
+        self.model = config.build_network().to(self.device)
+        self.cam = config.build_cam(self.model, normalize=not config.outputs.raw_heat)
+        self.in_channels = config.in_channels
+        self.out_channels = config.out_channels
+        self.divisor = network_divisor(self.model, config.spatial_dims)
+        self.layer_names = ";".join(config.cam.target_layers)
+        if self.out_channels is not None:
+            self.check_classes(self.out_channels)
+        from volcam.run.memory import MemoryGuard
+
+        s = config.sliding
+        self.memory = MemoryGuard(
+            self._probe,
+            self.device,
+            divisor=self.divisor,
+            sliding=(tuple(s.roi_size), s.sw_batch_size) if s.roi_size else None,
+            out_channels=self.out_channels or 2,
+        )
+
+    def _probe(self, x: torch.Tensor) -> None:
+        """The run's computation on ``x`` (for the memory estimate): the first class, predicted region."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._explain_padded(x, self._target(self.classes[0], None), self._padding(tuple(x.shape[2:])))
+
+    def check_classes(self, channels: int) -> None:
+        """Refuse classes the network's output does not have (a config error, for the whole run)."""
+        bad = [c for c in self.classes if not 0 <= c < channels]
+        if bad:
+            hint = " (a single-channel sigmoid network has class 0: its foreground)" if channels == 1 else ""
+            raise ConfigError(
+                f"targets.classes must be output channels of the network, in [0, {channels - 1}], not {bad}{hint}",
+                key="targets.classes",
+            )
+
+    # ---- targets and regions
+    def _target(self, c: int, label: torch.Tensor | None) -> Any:
+        import volcam
+
+        act = self.targets.activation
+        if self.targets.mask == "whole":
+            return volcam.SegmentationTarget(c, mask="all", activation=act)
+        if self.targets.mask == "label" and label is not None:
+            return volcam.SegmentationTarget(c, mask=self.label_region(label, c)[None].float(), activation=act)
+        return volcam.SegmentationTarget(c, activation=act)
+
+    def label_region(self, label: torch.Tensor, c: int) -> torch.Tensor:
+        values = None if self.targets.label_values is None else self.targets.label_values.get(c)
+        return label_region(label, c, out_channels=self.out_channels, values=values)
+
+    def predicted(self, output: torch.Tensor, c: int) -> torch.Tensor:
+        """``[*S]`` bool: where ``output`` ``[1, classes, *S]`` predicts class ``c``."""
+        if output.shape[1] == 1 or self.targets.activation == "sigmoid":
+            return output[0, c] > 0
+        return output[0].argmax(0) == c
+
+    # ---- the computation
+    def explain(self, x: torch.Tensor, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(heat [1, 1, *S], output [1, classes, *S])`` for one input, whole or by windows."""
+        if self.sliding.roi_size:
+            from volcam.sliding import sliding_window_cam
+
+            s = self.sliding
+            res = sliding_window_cam(self.cam, x, list(s.roi_size), s.sw_batch_size, s.overlap, s.mode, targets=target)
+            return res.heat, res.output
+        res = self.cam.explain(x, targets=target)
+        return res.heat, res.output
+
+    def _padding(self, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+        if self.divisor is None or self.sliding.roi_size:
+            return None
+        pads = [(-s) % d for s, d in zip(shape, self.divisor)]
+        if not any(pads):
+            return None
+        return [(p // 2, p - p // 2) for p in pads]
+
+    def _explain_padded(self, x: torch.Tensor, target: Any, pads: list[tuple[int, int]] | None) -> tuple[Any, Any]:
+        if pads is None:
+            try:
+                return self.explain(x, target)
+            except RuntimeError as err:
+                if "Sizes of tensors must match" in str(err):
+                    raise ShapeError(
+                        f"the network cannot take a volume of {list(x.shape[2:])} voxels (its skip connections "
+                        "need sizes divisible by its downsampling factor); add "
+                        "{_target_: DivisiblePadd, keys: [image, label], k: 16} (k: the product of its strides) at "
+                        "the end of preprocessing",
+                        expected="sizes divisible by the network's downsampling factor",
+                        actual_shape=tuple(x.shape),
+                    ) from err
+                raise
+        flat = [p for pair in reversed(pads) for p in pair]
+        xp = torch.nn.functional.pad(x, flat)
+        if isinstance(target.mask, torch.Tensor):
+            target = type(target)(
+                target.category, mask=torch.nn.functional.pad(target.mask, flat), activation=target.activation
+            )
+        heat, output = self.explain(xp, target)
+        crop = (slice(None), slice(None)) + tuple(slice(a, a + n) for (a, _), n in zip(pads, x.shape[2:]))
+        heat, output = heat[crop], output[crop]
+        if self.cam.normalize:
+            from volcam.postprocess import normalize
+
+            heat = normalize(heat)
+        return heat, output
+
+    def _classes(self, x: torch.Tensor, label: torch.Tensor | None, pads: Any) -> list[tuple[Any, Any, Any, float]]:
+        """``(heat, output, warnings, seconds)`` of every class of one input."""
+        out = []
+        for c in self.classes:
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                heat, output = self._explain_padded(x, self._target(c, label), pads)
+            out.append((heat, output, caught, time.perf_counter() - start))
+        return out
+
+    def explain_case(self, case: Case, data: dict[str, Any]) -> CaseOutput:
+        """Explain every class of one loaded case; see :class:`CaseOutput`.
+
+        Raises whatever goes wrong; the loop turns it into a failed case.
+        """
+        from volcam.io import invert_to_source
+
+        image = data["image"]
+        if self.in_channels is not None and image.shape[0] != self.in_channels:
+            raise ShapeError(
+                f"image must have {self.in_channels} channel(s) like network_def.in_channels, not {image.shape[0]} "
+                f"(shape {list(image.shape)}, '{case.image}')",
+                expected=f"{self.in_channels} channels",
+                actual_shape=tuple(image.shape),
+            )
+        x = image.as_tensor()[None].float().to(self.device)
+        label = data["label"].as_tensor().to(self.device) if "label" in data else None
+        source = data["source"]
+        raster = bool(data.get("raster", False))
+        voxel_ml = voxel_volume_ml(image.affine)
+        pads = self._padding(tuple(x.shape[2:]))
+        self.memory.check(x)
+        out = CaseOutput(case, source, data.get("source_label"), raster)
+        results = self.memory.measure(lambda: self._classes(x, label, pads), tuple(x.shape[2:]))
+        for c, (heat, output, caught, seconds) in zip(self.classes, results):
+            start = time.perf_counter()
+            if self.out_channels is None:
+                self.check_classes(output.shape[1])
+            pred = self.predicted(output, c)
+            h = heat[0, 0]
+            notes = _notes(caught)
+            if not notes and not bool(h.max() > 0):
+                notes.append(
+                    "the map is zero everywhere: no positive evidence at this layer "
+                    "(try an element-wise method such as hirescam or layercam, another layer, or relu: false)"
+                )
+            row: dict[str, Any] = {
+                "case": case.id,
+                "class": c,
+                "class_name": self.names[c],
+                "status": "ok",
+                "error": "",
+                "note": "; ".join(notes),
+                "method": self.config.cam.method,
+                "layer": self.layer_names,
+                "image": str(case.image),
+                "label": str(case.label) if case.label else "",
+                "predicted_voxels": int(pred.sum()),
+                "predicted_volume_ml": "" if raster else round(int(pred.sum()) * voxel_ml, 4),
+                "energy_in_prediction": _fraction(h, pred),
+                "energy_in_label": _fraction(h, self.label_region(label, c)) if label is not None else "",
+            }
+            heat_src = invert_to_source(heat[0].detach().cpu(), data, self.pre, key="image")
+            pred_src = invert_to_source(pred[None].float().cpu(), data, self.pre, key="image", nearest=True)
+            hs = heat_src.as_tensor()[0]
+            if bool(hs.max() > hs.min()):  # a flat (all-zero) map has no peak
+                peak = torch.nonzero(hs == hs.max())[0].tolist()
+                world = voxel_to_world(source.affine, peak)
+                row.update(
+                    peak_x=round(world[0], 3),
+                    peak_y=round(world[1], 3),
+                    peak_z=round(world[2], 3),
+                    peak_voxel=" ".join(str(i) for i in peak),
+                )
+            row["seconds"] = round(seconds + time.perf_counter() - start, 3)
+            row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            out.classes.append(ClassOutput(c, self.names[c], heat_src, pred_src.as_tensor()[0] > 0.5, row))
+        return out
+
+
+def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Notes for the summary from the engine's warnings about empty targets and maps."""
+    notes = []
+    for w in caught:
+        text = str(w.message)
+        if "target mask" in text and "empty" in text:
+            notes.append("empty target: the network predicts no voxel of this class (the map is all zero)")
+        elif issubclass(w.category, VolcamWarning) or "empty" in text:
+            notes.append(text.split(";")[0])
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return sorted(set(notes))
