@@ -82,7 +82,7 @@ def test_peak_on_target_in_large_volume(mode):
     balls = [_ball(shape, (30, 8, 22), 4), _ball(shape, (6, 25, 9), 4)]  # one blob per sample
     for b, ball in enumerate(balls):
         x[b, 0][ball] = 1.0
-    cam = volcam.GradCAM(BlobNet(), "act")
+    cam = volcam.GradCAM(BlobNet().eval(), "act")
     heat, out = sliding_window_cam(cam, x, roi_size=16, sw_batch_size=3, overlap=0.25, mode=mode, targets=1)
     for b, ball in enumerate(balls):
         peak = torch.nonzero(heat[b, 0] == heat[b, 0].max())[0]
@@ -95,17 +95,26 @@ def test_peak_on_target_in_large_volume(mode):
         assert float((pred & ball).sum() / ball.sum()) > 0.5 and not bool((pred & ~near).any())
 
 
-def test_user_mask_restricts_the_map_to_one_of_two_blobs():
+def test_user_mask_on_one_of_two_blobs():
     shape = (36, 36, 20)
     x = torch.zeros(1, 1, *shape)
     left, right = _ball(shape, (9, 9, 10), 4), _ball(shape, (27, 27, 10), 4)
     x[0, 0][left | right] = 1.0
-    cam = volcam.GradCAM(BlobNet(), "act")
     target = volcam.SegmentationTarget(1, mask=right)
-    heat, _ = sliding_window_cam(cam, x, roi_size=(20, 20, 20), overlap=0.5, targets=target)
-    assert float(heat[0, 0][right].mean()) > 0.5
-    # windows holding only the left blob have an empty mask: no evidence there
-    assert float(heat[0, 0][left].max()) < 0.05
+    # an element-wise method stays per window: windows holding only the left blob have an
+    # empty mask, so no evidence there
+    hires = volcam.HiResCAM(BlobNet().eval(), "act")
+    res = sliding_window_cam(hires, x, roi_size=(20, 20, 20), overlap=0.5, targets=target)
+    assert not res.global_weights
+    assert float(res.heat[0, 0][right].mean()) > 0.5 and float(res.heat[0, 0][left].max()) < 0.05
+    # Grad-CAM's channel weights come from the whole volume: like the whole-volume Grad-CAM,
+    # it lights up every voxel with the right blob's features, the left blob included (up to
+    # the zero padding at the windows' borders, which the 3x3x3 convolution sees)
+    grad = volcam.GradCAM(BlobNet().eval(), "act")
+    res = sliding_window_cam(grad, x, roi_size=(20, 20, 20), overlap=0.5, targets=target)
+    assert res.global_weights
+    torch.testing.assert_close(res.heat, grad(x, targets=target), atol=0.01, rtol=0)
+    assert float(res.heat[0, 0][left].mean()) > 0.5
 
 
 def test_bad_targets():
@@ -134,9 +143,11 @@ def test_import_stays_light():
     assert out.stdout.strip() == "[]"
 
 
-def test_empty_target_everywhere_warns_and_gives_zeros():
-    cam = volcam.GradCAM(BlobNet(), "act")
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_empty_target_everywhere_warns_and_gives_zeros(method):
+    cam = volcam.get_method(method)(BlobNet().eval(), "act")
     x = torch.zeros(1, 1, 20, 20, 20)  # nothing is predicted as class 1
-    with pytest.warns(RuntimeWarning, match="zero everywhere: the target mask is empty in every window"):
-        heat, out = sliding_window_cam(cam, x, 12, targets=1)
-    assert torch.equal(heat, torch.zeros_like(heat)) and not bool((out.argmax(1) == 1).any())
+    with pytest.warns(volcam.EmptyTargetWarning, match=r"target mask of sample\(s\) \[0\] is empty"):
+        res = sliding_window_cam(cam, x, 12, targets=1)
+    assert torch.equal(res.heat, torch.zeros_like(res.heat)) and not bool((res.output.argmax(1) == 1).any())
+    assert [(n.sample, n.reason) for n in res.notes] == [(0, "empty_target")]

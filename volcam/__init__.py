@@ -45,6 +45,7 @@ from volcam.methods import (
     LayerCAM,
     ScoreCAM,
     XGradCAM,
+    explain_methods,
     get_method,
     register_method,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "ATTENTION_METHODS",
     "get_method",
     "register_method",
+    "explain_methods",
     "SegmentationTarget",
     "ClassifierTarget",
     "sliding_window_cam",

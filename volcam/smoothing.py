@@ -211,13 +211,13 @@ def apply_view(t: torch.Tensor, view: View, *, mode: str = "bilinear", padding_m
 
 
 def invert_view(maps: torch.Tensor, view: View) -> tuple[torch.Tensor, torch.Tensor]:
-    """Take maps ``[B, 1, *S]`` of a view back to the original grid.
+    """Take maps ``[B, T, *S]`` of a view back to the original grid.
 
     Returns ``(maps, coverage)``: the maps resampled on the original grid (zero where the
     view does not see the voxel) and the fraction ``[B, 1, *S]`` in [0, 1] of each voxel
     the view covers; ``sum(maps) / sum(coverage)`` over views is the average.
     """
-    ones = torch.ones_like(maps)
+    ones = torch.ones_like(maps[:, :1])
     if view.scale != 1.0:
         both = _zoom(torch.cat([maps, ones], 1), 1.0 / view.scale, "bilinear", "zeros")
         maps, ones = both[:, :-1], both[:, -1:]

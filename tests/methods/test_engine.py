@@ -10,6 +10,7 @@ from helpers import Pyramid, TinySeg
 
 import volcam
 import volcam.methods as methods
+import volcam.methods.registry as registry
 from volcam.methods.base import BaseCAM
 from volcam.smoothing import _ViewTarget
 from volcam.targets import BoundTarget, Scorer, Target
@@ -64,10 +65,12 @@ def test_a_new_method_is_one_file_and_nothing_else(tmp_path):
         "        return 2 * super().weights(activations, grads)\n"
     )
     methods.__path__.append(str(tmp_path))
+    registry.PATHS.append(str(tmp_path))
     try:
-        found, attention, aliases = methods._discover()
+        found, attention, aliases = registry._discover()
     finally:
         methods.__path__.remove(str(tmp_path))
+        registry.PATHS.remove(str(tmp_path))
         sys.modules.pop("volcam.methods.doubledcam", None)
     assert "doubledcam" in found and aliases["double"] == "doubledcam" and "doubledcam" not in attention
     model = Pyramid.pair()[0]
