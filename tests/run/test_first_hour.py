@@ -301,7 +301,7 @@ def test_a_network_without_a_known_divisor_gets_the_fix_named(tmp_path):
 
     x = torch.randn(1, 1, 30, 26, 12)
     with pytest.raises(ShapeError, match=r"cannot take a volume of \[30, 26, 12\] voxels.*DivisiblePadd"):
-        runner._explain_padded(x, runner._target(1, None), None)
+        runner._explain_padded(x, None, None)
 
 
 # --------------------------------------------------------------------------- slice PNGs and figures

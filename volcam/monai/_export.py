@@ -28,7 +28,7 @@ class SourceCase:
         self.path = path
         self.on_source = on_source
         shape = tuple(heat.shape[1:])
-        self.predicted = (predicted if predicted is not None else torch.zeros(1, *shape))[0] > 0.5
+        self.predicted = (predicted if predicted is not None else torch.zeros(heat.shape[0], *shape)) > 0.5
 
 
 def on_source_grid(image: Any) -> bool:
@@ -120,11 +120,18 @@ def to_source(
 
 
 def write_case(
-    src: SourceCase, name: str, case_dir: Path, class_name: str, settings: Any, method: str, layer: str
+    src: SourceCase,
+    name: str,
+    case_dir: Path,
+    folders: list[tuple[int, str]],
+    settings: Any,
+    method: str,
+    layer: str,
 ) -> dict[str, Any]:
     """Write one case of the handler with :class:`volcam.run.export.CaseExporter`, as ``volcam run``
-    writes it, into ``case_dir/<class_name>/``; a case left on the network's grid gets
-    ``heat_preprocessed.nii.gz`` instead of ``heat.nii.gz``. Returns the written files by kind."""
+    writes it: map ``k`` of ``src.heat`` into ``case_dir/<folders[k] name>/``; a case left on the
+    network's grid gets ``heat_preprocessed.nii.gz`` instead of ``heat.nii.gz``. Returns the
+    written files by kind (the first class's, for one class)."""
     from dataclasses import replace
 
     from volcam.run.cases import Case
@@ -132,17 +139,21 @@ def write_case(
     from volcam.run.runner import CaseOutput, ClassOutput
 
     outline = None if src.label is None else _foreground(src.label)
-    cls = ClassOutput(0, class_name, src.heat, src.predicted, {})
-    out = CaseOutput(Case(name, src.path or Path(name)), src.image, outline, False, [cls])
+    classes = [
+        ClassOutput(c, folder, src.heat[k : k + 1], src.predicted[min(k, len(src.predicted) - 1)], {})
+        for k, (c, folder) in enumerate(folders)
+    ]
+    out = CaseOutput(Case(name, src.path or Path(name)), src.image, outline, False, classes)
     outputs = settings if src.on_source else replace(settings, heat_nifti=False)  # not the scan's grid
     exporter = CaseExporter(outputs, method=method, layer=layer)
     files = exporter.write(out, case_dir, label_region=lambda lbl, c: lbl[0] > 0)
     if not src.on_source and settings.heat_nifti:
         from volcam.io import save_heat_preprocessed
 
-        path = case_dir / class_name / "heat_preprocessed.nii.gz"
-        save_heat_preprocessed(src.heat, src.image, path, raw=settings.raw_heat)
-        files.append(path.relative_to(case_dir).as_posix())
+        for k, (_, folder) in enumerate(folders):
+            path = case_dir / folder / "heat_preprocessed.nii.gz"
+            save_heat_preprocessed(src.heat[k : k + 1], src.image, path, raw=settings.raw_heat)
+            files.append(path.relative_to(case_dir).as_posix())
     paths = [case_dir / f for f in files]
     written: dict[str, Any] = {"png": [p for p in paths if p.parent.name in ("axial", "coronal", "sagittal")]}
     nifti = [p for p in paths if p.name.startswith("heat")]

@@ -80,6 +80,10 @@ class CAMHandler:
             ``volcam.METHODS``) or a :class:`~volcam.BaseCAM` subclass.
         targets: what to explain, as for :meth:`~volcam.BaseCAM.explain`: None (per case,
             the largest predicted foreground class), an int class, or a target callable.
+        classes: several classes to explain instead of ``targets``, all from one forward pass
+            (:meth:`~volcam.BaseCAM.explain_classes`); each gets its own folder
+            ``<case>/<class name>/`` and a layer of the case's viewer page.
+        class_names: names of the classes' folders (default ``class<c>``).
         output_dir: root folder; files go to ``output_dir/epoch_NNNN/<case>/``.
         every_n_epochs: write on epochs ``n, 2n, ...`` (the evaluator's epoch is the
             trainer's when it is run by MONAI's ``ValidationHandler``).
@@ -132,6 +136,8 @@ class CAMHandler:
         method: str | type[BaseCAM] = "gradcam",
         targets: TargetSpec = None,
         output_dir: str | Path = "./cams",
+        classes: Sequence[int] | None = None,
+        class_names: dict[int, str] | None = None,
         every_n_epochs: int = 1,
         max_cases: int | None = 4,
         exports: str | Sequence[str] = EXPORTS,
@@ -189,6 +195,19 @@ class CAMHandler:
                 f"`network` must be a torch.nn.Module or None, not {type(network).__name__}", key="network"
             )
         self.target_layers = target_layers
+        if classes is not None:
+            if targets is not None:
+                raise ConfigError("pass either `targets` or `classes`, not both", key="classes")
+            if (
+                isinstance(classes, int)
+                or not classes
+                or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes)
+            ):
+                raise ConfigError(
+                    f"`classes` must be a non-empty list of class indices, not {classes!r}", key="classes"
+                )
+        self.classes = None if classes is None else [int(c) for c in classes]
+        self.class_names = dict(class_names or {})
         self.targets = targets
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
@@ -311,7 +330,18 @@ class CAMHandler:
                 targets: Any = label_targets(self.targets, labels, device)
             else:
                 targets = self.targets
-            res = cam.explain(x, targets)
+            if self.classes is not None:
+                masks = None
+                if self.mask_from_label and labels is not None:
+                    from volcam.monai._cases import _label_mask
+
+                    masks = {
+                        c: torch.stack([_label_mask(plain(lb).to(device), c) for lb in labels])[:, None]
+                        for c in self.classes
+                    }
+                res = cam.explain_classes(x, self.classes, masks=masks)
+            else:
+                res = cam.explain(x, targets)
             heat = res.heat.detach().cpu()
             predicted = self._predicted(res.output.detach()).cpu()
             del x, res
@@ -329,8 +359,16 @@ class CAMHandler:
     def class_name(self) -> str:
         """The folder of the explained class: ``class<c>`` for an int target, else ``cam``."""
         if isinstance(self.targets, int) and not isinstance(self.targets, bool):
-            return f"class{self.targets}"
+            return self.class_names.get(self.targets, f"class{self.targets}")
         return "cam"
+
+    @property
+    def folders(self) -> list[tuple[int, str]]:
+        """``(class, folder name)`` of each map of a case."""
+        if self.classes is not None:
+            return [(c, self.class_names.get(c, f"class{c}")) for c in self.classes]
+        c = self.targets if isinstance(self.targets, int) and not isinstance(self.targets, bool) else 0
+        return [(c, self.class_name)]
 
     def _settings(self) -> Any:
         from volcam.run.outputs import OutputSettings
@@ -354,11 +392,16 @@ class CAMHandler:
         )
 
     def _predicted(self, output: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, *S]``: the region the network predicts as the explained class (any
+        """``[B, K, *S]``: the region the network predicts as each explained class (any
         foreground class when ``targets`` is not a class index)."""
-        c = self.targets if isinstance(self.targets, int) and not isinstance(self.targets, bool) else None
         if output.ndim < 3:
             return torch.zeros(output.shape[0], 1)
+        if self.classes is not None:
+            if output.shape[1] == 1:
+                return output[:, :1] > 0
+            winner = output.argmax(1, keepdim=True)
+            return torch.cat([winner == c for c in self.classes], 1)
+        c = self.targets if isinstance(self.targets, int) and not isinstance(self.targets, bool) else None
         if output.shape[1] == 1:
             return output[:, :1] > 0
         winner = output.argmax(1, keepdim=True)
@@ -408,9 +451,7 @@ class CAMHandler:
             )
         if self.exports:
             layer = _layer_names(self.target_layers)
-            written.update(
-                write_case(src, name, case_dir, self.class_name, self._settings(), self.method_cls.name, layer)
-            )
+            written.update(write_case(src, name, case_dir, self.folders, self._settings(), self.method_cls.name, layer))
         if self.summary_writer is not None:
             from monai.visualize import plot_2d_or_3d_image
 

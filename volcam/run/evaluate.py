@@ -114,6 +114,19 @@ class Evaluation:
     seconds: float = 0.0
 
 
+def _one_class(result: Any, t: int) -> Any:
+    """The result of target ``t`` of an ``explain_classes`` result, as ``explain`` would give it."""
+    from volcam.result import CAMResult
+
+    return CAMResult(
+        heat=result.heat[:, t : t + 1],
+        output=result.output,
+        layer_maps=[m[:, t : t + 1] for m in result.layer_maps],
+        scores=result.scores[:, t],
+        layer_names=result.layer_names,
+    )
+
+
 def evaluate(
     config: RunConfig,
     options: EvaluateOptions = EvaluateOptions(),
@@ -174,12 +187,18 @@ def evaluate(
         # plain tensors: the metadata is not needed here and a MetaTensor slows every operation
         x = data["image"].as_tensor()[None].float().to(device)
         label = data["label"].as_tensor().to(device) if "label" in data else None
-        for category in classes:
+        try:  # every class from one forward pass
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # empty targets are reported in the table
+                every = cam.explain_classes(x, classes, masks=runner.masks(label), activation=config.targets.activation)
+        except Exception as err:  # the case fails alone
+            failures += 1
+            warn(f"volcam evaluate: case {case.id}: {err}")
+            continue
+        for t, category in enumerate(classes):
             try:
-                target = runner._target(category, label)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # empty targets are reported in the table
-                    result = cam.explain(x, target)
+                target = runner.target(category, label)
+                result = _one_class(every, t)
                 use_label = label is not None and options.against != "prediction"
                 reference = (
                     runner.label_region(label, category)[None, None]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from volcam.errors import ConfigError, ShapeError, VolcamWarning
+from volcam.errors import ConfigError, EmptyMapWarning, EmptyTargetWarning, ShapeError
 from volcam.geometry import voxel_to_world, voxel_volume_ml
 from volcam.run.cases import Case, label_region
 from volcam.run.config import RunConfig
@@ -150,7 +150,8 @@ class Runner:
             )
 
     # ---- targets and regions
-    def _target(self, c: int, label: torch.Tensor | None) -> Any:
+    def target(self, c: int, label: torch.Tensor | None) -> Any:
+        """The target of class ``c`` alone (``targets.mask``), e.g. for ``volcam evaluate``."""
         import volcam
 
         act = self.targets.activation
@@ -171,17 +172,27 @@ class Runner:
         return output[0].argmax(0) == c
 
     # ---- the computation
-    def explain(self, x: torch.Tensor, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(heat [1, 1, *S], output [1, classes, *S])`` for one input, whole or by windows."""
+    def masks(self, label: torch.Tensor | None) -> Any:
+        """The region each class is explained over (``targets.mask``), for ``explain_classes``."""
+        if self.targets.mask == "whole":
+            return "all"
+        if self.targets.mask == "label" and label is not None:
+            return {c: self.label_region(label, c)[None].float() for c in self.classes}
+        return None
+
+    def explain(self, x: torch.Tensor, masks: Any) -> Any:
+        """Every class of one input ``[1, C, *S]`` from one forward pass, whole or by windows:
+        a result with ``heat [1, K, *S]``, ``output [1, classes, *S]`` (and ``notes``)."""
+        act = self.targets.activation
         if self.sliding.roi_size is not None:
             from volcam.sliding import sliding_window_cam
 
             s = self.sliding
             roi = list(self.sliding.roi_size)
-            res = sliding_window_cam(self.cam, x, roi, s.sw_batch_size, s.overlap, s.mode, targets=target)
-            return res.heat, res.output
-        res = self.cam.explain(x, targets=target)
-        return res.heat, res.output
+            return sliding_window_cam(
+                self.cam, x, roi, s.sw_batch_size, s.overlap, s.mode, classes=self.classes, masks=masks, activation=act
+            )
+        return self.cam.explain_classes(x, self.classes, masks=masks, activation=act)
 
     def _padding(self, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
         if self.divisor is None or self.sliding.roi_size:
@@ -191,10 +202,12 @@ class Runner:
             return None
         return [(p // 2, p - p // 2) for p in pads]
 
-    def _explain_padded(self, x: torch.Tensor, target: Any, pads: list[tuple[int, int]] | None) -> tuple[Any, Any]:
+    def _explain_padded(self, x: torch.Tensor, masks: Any, pads: list[tuple[int, int]] | None) -> tuple[Any, Any, Any]:
+        """``(heat [1, K, *S], output, notes)``; the input padded to the network's divisor and the
+        results cropped back when ``pads`` is given."""
         if pads is None:
             try:
-                return self.explain(x, target)
+                res = self.explain(x, masks)
             except RuntimeError as err:
                 if "Sizes of tensors must match" in str(err):
                     raise ShapeError(
@@ -206,31 +219,19 @@ class Runner:
                         actual_shape=tuple(x.shape),
                     ) from err
                 raise
+            return res.heat, res.output, getattr(res, "notes", [])
         flat = [p for pair in reversed(pads) for p in pair]
         xp = torch.nn.functional.pad(x, flat)
-        if isinstance(target.mask, torch.Tensor):
-            target = type(target)(
-                target.category, mask=torch.nn.functional.pad(target.mask, flat), activation=target.activation
-            )
-        heat, output = self.explain(xp, target)
+        if isinstance(masks, dict):
+            masks = {c: torch.nn.functional.pad(m, flat) for c, m in masks.items()}
+        res = self.explain(xp, masks)
         crop = (slice(None), slice(None)) + tuple(slice(a, a + n) for (a, _), n in zip(pads, x.shape[2:]))
-        heat, output = heat[crop], output[crop]
+        heat, output = res.heat[crop], res.output[crop]
         if self.cam.normalize:
             from volcam.postprocess import normalize
 
             heat = normalize(heat)
-        return heat, output
-
-    def _classes(self, x: torch.Tensor, label: torch.Tensor | None, pads: Any) -> list[tuple[Any, Any, Any, float]]:
-        """``(heat, output, warnings, seconds)`` of every class of one input."""
-        out = []
-        for c in self.classes:
-            start = time.perf_counter()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                heat, output = self._explain_padded(x, self._target(c, label), pads)
-            out.append((heat, output, caught, time.perf_counter() - start))
-        return out
+        return heat, output, getattr(res, "notes", [])
 
     def explain_case(self, case: Case, data: dict[str, Any]) -> CaseOutput:
         """Explain every class of one loaded case; see :class:`CaseOutput`.
@@ -255,14 +256,21 @@ class Runner:
         pads = self._padding(tuple(x.shape[2:]))
         self.memory.check(x)
         out = CaseOutput(case, source, data.get("source_label"), raster)
-        results = self.memory.measure(lambda: self._classes(x, label, pads), tuple(x.shape[2:]))
-        for c, (heat, output, caught, seconds) in zip(self.classes, results):
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            heat, output, map_notes = self.memory.measure(
+                lambda: self._explain_padded(x, self.masks(label), pads), tuple(x.shape[2:])
+            )
+        _pass_on(caught)
+        seconds = (time.perf_counter() - start) / len(self.classes)  # one pass for every class: shared
+        if self.out_channels is None:
+            self.check_classes(output.shape[1])
+        for t, c in enumerate(self.classes):
             start = time.perf_counter()
-            if self.out_channels is None:
-                self.check_classes(output.shape[1])
             pred = self.predicted(output, c)
-            h = heat[0, 0]
-            notes = _notes(caught)
+            h = heat[0, t]
+            notes = [_note(n) for n in map_notes if n.sample == 0 and n.target == t]
             if not notes and not bool(h.max() > 0):
                 notes.append(
                     "the map is zero everywhere: no positive evidence at this layer "
@@ -284,7 +292,7 @@ class Runner:
                 "energy_in_prediction": _fraction(h, pred),
                 "energy_in_label": _fraction(h, self.label_region(label, c)) if label is not None else "",
             }
-            heat_src = invert_to_source(heat[0].detach().cpu(), data, self.pre, key="image")
+            heat_src = invert_to_source(heat[0, t : t + 1].detach().cpu(), data, self.pre, key="image")
             pred_src = invert_to_source(pred[None].float().cpu(), data, self.pre, key="image", nearest=True)
             hs = heat_src.as_tensor()[0]
             if bool(hs.max() > hs.min()):  # a flat (all-zero) map has no peak
@@ -302,15 +310,15 @@ class Runner:
         return out
 
 
-def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
-    """Notes for the summary from the engine's warnings about empty targets and maps."""
-    notes = []
+def _note(note: Any) -> str:
+    """A summary note from the engine's reason for an all-zero map."""
+    if note.reason == "empty_target":
+        return "empty target: the network predicts no voxel of this class (the map is all zero)"
+    return str(note.message)
+
+
+def _pass_on(caught: list[warnings.WarningMessage]) -> None:
+    """Warnings of the computation other than the empty-map ones (those become notes)."""
     for w in caught:
-        text = str(w.message)
-        if "target mask" in text and "empty" in text:
-            notes.append("empty target: the network predicts no voxel of this class (the map is all zero)")
-        elif issubclass(w.category, VolcamWarning) or "empty" in text:
-            notes.append(text.split(";")[0])
-        else:
+        if not issubclass(w.category, (EmptyMapWarning, EmptyTargetWarning)):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return sorted(set(notes))
