@@ -38,7 +38,7 @@ from torch import nn
 
 from volcam.errors import LayerNotFoundError, TargetError
 from volcam.layers import find_layer, list_layers, resolve_layers
-from volcam.metrics.similarity import spearman, ssim
+from volcam.metrics.similarity import body_region, spearman, spearman_in, ssim
 from volcam.postprocess import normalize
 from volcam.targets import BoundTarget, ClassifierTarget, SegmentationTarget, TargetSpec, resolve_targets
 
@@ -59,8 +59,13 @@ class SanityResult:
         kind: ``"cascading"``, ``"independent"`` or ``"label"``.
         steps: one name per step: the layer randomised at that step (for cascading, the
             layer added to the randomised top of the network), or the class explained.
-        spearman: ``[T, B]`` rank correlation with the original map (NaN for a sample
-            whose original map is constant: there is nothing to compare, and a warning says so).
+        spearman: ``[T, B]`` rank correlation with the original map over all voxels (NaN for a
+            sample whose original map is constant: there is nothing to compare, and a warning
+            says so). Background both maps leave at zero inflates it: see ``spearman_support``.
+        spearman_support: ``[T, B]`` the same inside the body (the voxels of the input above its
+            background level, :func:`~volcam.metrics.similarity.body_region`), which padding or
+            air around the body does not change; the verdict (:attr:`flagged`,
+            :attr:`unchanged`) rests on it.
         ssim: ``[T, B]`` SSIM with the original map (both min-max normalised; NaN likewise).
         threshold: Spearman value at or above which a step is flagged.
         original: ``[B, 1, *S]`` the original map.
@@ -75,11 +80,14 @@ class SanityResult:
     threshold: float
     original: torch.Tensor
     maps: torch.Tensor | None = field(default=None, repr=False)
+    spearman_support: torch.Tensor | None = None
 
     @property
     def flagged(self) -> torch.Tensor:
-        """``[T, B]`` bool: the map barely changed at this step (Spearman >= threshold)."""
-        return self.spearman >= self.threshold
+        """``[T, B]`` bool: the map barely changed at this step (Spearman over the maps'
+        supports >= threshold)."""
+        robust = self.spearman_support if self.spearman_support is not None else self.spearman
+        return robust >= self.threshold
 
     @property
     def unchanged(self) -> torch.Tensor:
@@ -158,14 +166,18 @@ def _as_builtin(bound: BoundTarget) -> list:
     return [SegmentationTarget(c, mask=bound.masks[b : b + 1]) for b, c in enumerate(cats)]
 
 
-def _compare(original: torch.Tensor, heat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spearman and SSIM per sample; NaN where the original map is constant (nothing to compare)."""
+def _compare(
+    original: torch.Tensor, heat: torch.Tensor, region: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spearman (all voxels, and inside ``region``) and SSIM per sample; NaN where the
+    original map is constant (nothing to compare)."""
     dims = tuple(range(1, original.ndim))
     flat = original.amax(dim=dims) == original.amin(dim=dims)
     nan = torch.full_like(flat, float("nan"), dtype=torch.float32)
     rho = torch.where(flat, nan, spearman(original, heat))
+    rho_support = torch.where(flat, nan, spearman_in(original, heat, region))
     sim = torch.where(flat, nan, ssim(normalize(original), normalize(heat)))
-    return rho, sim
+    return rho, rho_support, sim
 
 
 def _warn_constant(original: torch.Tensor) -> None:
@@ -225,6 +237,7 @@ def model_randomisation(
     original_result = cam.explain(x, targets)
     frozen, _ = _frozen_targets(targets, original_result.output)
     original = original_result.heat
+    region = body_region(x)
     _warn_constant(original)
 
     work = copy.deepcopy(cam.model)
@@ -239,7 +252,7 @@ def model_randomisation(
     modules = dict(work.named_modules())
     work_cam = _copy_cam(cam, work)
 
-    rho, sim, maps = [], [], []
+    rho, rho_support, sim, maps = [], [], [], []
     for i, name in enumerate(names):
         module = modules[name]
         saved = None
@@ -249,8 +262,9 @@ def model_randomisation(
         heat = work_cam.explain(x, frozen).heat
         if saved is not None:
             module.load_state_dict(saved)
-        r, s = _compare(original, heat)
+        r, rs, s = _compare(original, heat, region)
         rho.append(r)
+        rho_support.append(rs)
         sim.append(s)
         if keep_maps:
             maps.append(heat)
@@ -258,6 +272,7 @@ def model_randomisation(
         kind=mode,
         steps=list(names),
         spearman=torch.stack(rho),
+        spearman_support=torch.stack(rho_support),
         ssim=torch.stack(sim),
         threshold=threshold,
         original=original,
@@ -322,13 +337,15 @@ def label_randomisation(
         others = torch.tensor(list(categories), device=own.device)[:, None].expand(-1, own.numel())
         names = [f"class {c}" for c in categories]
     original = original_result.heat
+    region = body_region(x)
     _warn_constant(original)
-    rho, sim, maps = [], [], []
+    rho, rho_support, sim, maps = [], [], [], []
     for row in others:
         swapped = _as_builtin(BoundTarget(row.clone(), bound.masks))
         heat = cam.explain(x, swapped).heat
-        r, s = _compare(original, heat)
+        r, rs, s = _compare(original, heat, region)
         rho.append(r)
+        rho_support.append(rs)
         sim.append(s)
         if keep_maps:
             maps.append(heat)
@@ -336,6 +353,7 @@ def label_randomisation(
         kind="label",
         steps=names,
         spearman=torch.stack(rho),
+        spearman_support=torch.stack(rho_support),
         ssim=torch.stack(sim),
         threshold=threshold,
         original=original,

@@ -10,7 +10,7 @@ import torch
 
 from volcam.metrics._common import check_pair
 
-__all__ = ["rank", "spearman", "ssim"]
+__all__ = ["rank", "spearman", "spearman_in", "support", "body_region", "ssim"]
 
 
 def rank(values: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,50 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     flat_a, flat_b = va == 0, vb == 0
     rho = torch.where(flat_a | flat_b, (flat_a & flat_b).double(), rho)
     return rho.clamp(-1, 1).float()
+
+
+def support(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, *S]`` bool: voxels where either map is non-zero (the union of their supports)."""
+    return (a != 0) | (b != 0)
+
+
+def body_region(x: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """``[B, 1, *S]`` bool: the voxels of an input ``[B, C, *S]`` above its background level (any
+    channel more than ``fraction`` of its range above its minimum): the body, not the air or the
+    padding around it. An input without background (no voxel at its minimum) is all body."""
+    dims = tuple(range(2, x.ndim))
+    lo = x.amin(dim=dims, keepdim=True)
+    span = x.amax(dim=dims, keepdim=True) - lo
+    return ((x - lo) > fraction * span).any(dim=1, keepdim=True)
+
+
+def spearman_in(a: torch.Tensor, b: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
+    """Spearman rank correlation of two maps over a region of each sample.
+
+    Over all voxels, the background both maps leave at zero (air around a body, padding)
+    is one large tie that raises the correlation of any two maps that are zero there: a
+    volume padded with zeros to twice its size scores higher for the same maps. Inside a
+    region (the body, or by default the union of the maps' supports, :func:`support`) the
+    verdict does not depend on the padding.
+
+    Args:
+        a, b: ``[B, 1, *S]`` maps.
+        region: ``[B, 1, *S]`` bool (default: the union of the maps' supports).
+
+    Returns:
+        ``[B]`` float32; 1 where the region is empty (the maps agree: both zero everywhere).
+    """
+    check_pair(a, b, ("a", "b"))
+    region = support(a, b) if region is None else region.bool().expand_as(a)
+    out = []
+    for i in range(a.shape[0]):  # regions differ in size from sample to sample
+        keep = region[i].reshape(-1)
+        if int(keep.sum()) < 2:
+            out.append(torch.ones((), device=a.device))
+            continue
+        va, vb = a[i].reshape(-1)[keep], b[i].reshape(-1)[keep]
+        out.append(spearman(va.view(1, 1, -1), vb.view(1, 1, -1))[0])
+    return torch.stack(out).float()
 
 
 def ssim(

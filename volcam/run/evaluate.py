@@ -297,6 +297,9 @@ def evaluate(
                                     "step": step + 1,
                                     "randomised": name,
                                     "spearman": number(res.spearman[step, 0]),
+                                    "spearman_support": number(res.spearman_support[step, 0])
+                                    if res.spearman_support is not None
+                                    else float("nan"),
                                     "ssim": number(res.ssim[step, 0]),
                                     "flagged": bool(res.flagged[step, 0]),
                                     "unchanged": bool(res.unchanged[0]) if step == len(res.steps) - 1 else "",

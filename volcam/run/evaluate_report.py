@@ -81,11 +81,12 @@ def summarise(metric_rows, sanity_rows, classes, names) -> dict:
             last = [r for r in sanity_rows if r["class"] == c and r["check"] == check and r["unchanged"] != ""]
             if last:
                 steps = [r for r in sanity_rows if r["class"] == c and r["check"] == check]
-                valid = [r["spearman"] for r in steps if not math.isnan(r["spearman"])]
+                valid = [r["spearman_support"] for r in steps if not math.isnan(r["spearman_support"])]
                 sanity[check] = {
                     "cases": len(last),
                     "unchanged": sum(bool(r["unchanged"]) for r in last),
-                    "final_spearman": mean(r["spearman"] for r in last),
+                    "final_spearman": mean(r["spearman_support"] for r in last),
+                    "final_spearman_all_voxels": mean(r["spearman"] for r in last),
                     "final_ssim": mean(r["ssim"] for r in last),
                     "max_spearman": max(valid, default=float("nan")),
                     "min_spearman": min(valid, default=float("nan")),
@@ -120,7 +121,19 @@ def write_outputs(out, options, config, metric_rows, component_rows, sanity_rows
     _write_csv(
         out / "sanity.csv",
         sanity_rows,
-        ["case", "class", "class_name", "check", "step", "randomised", "spearman", "ssim", "flagged", "unchanged"],
+        [
+            "case",
+            "class",
+            "class_name",
+            "check",
+            "step",
+            "randomised",
+            "spearman",
+            "spearman_support",
+            "ssim",
+            "flagged",
+            "unchanged",
+        ],
     )
     _write_atomic(out / "curves.json", json.dumps(_json_safe(curves_json)) + "\n")
     settings = {
