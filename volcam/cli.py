@@ -17,6 +17,7 @@ COMMANDS = {
     "layers": ("volcam.commands.layers", "list the modules of a config's network with their output shapes"),
     "demo": ("volcam.commands.demo", "make a small synthetic dataset, train a small 3D U-Net, explain it"),
     "evaluate": ("volcam.commands.evaluate", "localisation, faithfulness and sanity checks of CAMs"),
+    "compare": ("volcam.commands.compare", "compare methods and layers on a few cases and recommend one"),
     "view": ("volcam.commands.view", "(re)build the HTML viewer of a case (or every case of a run) from its files"),
 }
 

@@ -169,6 +169,13 @@ class Canonical:
             arr = arr[..., None]
         return nib.orientations.apply_orientation(arr, self.ornt)
 
+    def to_canonical_index(self, index: Sequence[float]) -> np.ndarray:
+        """The RAS+ voxel index of a source array index (2D indices get k = 0)."""
+        idx = np.zeros(3)
+        idx[: len(index)] = np.asarray(index, dtype=np.float64)[:3]
+        world = self.source_affine[:3, :3] @ idx + self.source_affine[:3, 3]
+        return np.linalg.solve(self.affine[:3, :3], world - self.affine[:3, 3])
+
     def to_source_index(self, voxel: Sequence[float]) -> np.ndarray:
         """The source array index of a RAS+ voxel index."""
         world = self.affine[:3, :3] @ np.asarray(voxel, dtype=np.float64) + self.affine[:3, 3]
