@@ -17,6 +17,7 @@ COMMANDS = {
     "layers": ("volcam.commands.layers", "list the modules of a config's network with their output shapes"),
     "demo": ("volcam.commands.demo", "make a small synthetic dataset, train a small 3D U-Net, explain it"),
     "evaluate": ("volcam.commands.evaluate", "localisation, faithfulness and sanity checks of CAMs"),
+    "nnunet": ("volcam.commands.nnunet", "explain a trained nnU-Net v2 model (results folder) on a folder of scans"),
 }
 
 
