@@ -181,3 +181,21 @@ def test_network_unchanged_after_runs_and_failures(folders, monkeypatch):
         with pytest.raises(volcam.LayerNotReachedError):
             model.explain(image, classes=[1], layer="decoder.seg_layers.0", use_mirroring=False)
     _same_as_fold0(model, before)
+
+
+def test_other_methods_explain_the_same_prediction(folders):
+    """Methods with other weights, per-voxel maps, or perturbed forwards (ScoreCAM, which scores
+    rows of the bound target) go through the same loop; the logits do not depend on the method."""
+    model = volcam.nnunet.load(folders.toy_3d, folds=(0,), device="cpu")
+    image = folders.toy_images / "case_b_0000.nii.gz"
+    options = dict(classes=[1], layer="decoder.stages.1", use_mirroring=False, keep_logits=True)
+    reference = model.explain(image, **options)
+    for method in ("gradcam++", "layercam", "scorecam"):
+        res = model.explain(image, method=method, **options)
+        assert torch.equal(res.logits, reference.logits), method
+        assert res.heat[1].max() == pytest.approx(1.0) and res.heat[1].min() == 0.0, method
+        assert not np.array_equal(res.heat[1], reference.heat[1]), method
+    with pytest.raises(volcam.errors.ArgumentError, match="normalised once"):
+        model.explain(image, normalize=True, **options)
+    with pytest.raises(volcam.MethodNotFoundError):
+        model.explain(image, method="gradcm", **options)

@@ -226,9 +226,12 @@ def _numpy_safe_globals() -> list:
     tensors, dicts and lists. They carry numbers only; no code runs to rebuild them."""
     import numpy as np
 
-    scalar = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+    try:
+        from numpy._core.multiarray import scalar  # numpy 2
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16, np.float32, np.float64)
-    return [scalar.scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
 
 
 def read_checkpoint(path: Path, *, trust: bool = False) -> dict:

@@ -57,8 +57,8 @@ def all_classes(label_manager, dataset_json: dict) -> list[ClassInfo]:
                 zip(label_manager.foreground_regions, label_manager.regions_class_order)
             )
         ]
-    names = {int(v): k for k, v in labels.items() if not isinstance(v, (list, tuple))}
-    return [ClassInfo(int(v), names.get(int(v), f"label_{v}"), i) for i, v in enumerate(label_manager.all_labels)]
+    label_names = {int(v): k for k, v in labels.items() if not isinstance(v, (list, tuple))}
+    return [ClassInfo(int(v), label_names.get(int(v), f"label_{v}"), i) for i, v in enumerate(label_manager.all_labels)]
 
 
 def resolve_classes(

@@ -51,9 +51,14 @@ def _device(device: Any) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ArgumentError(f"`device` must be a torch device such as 'cpu' or 'cuda', not {device!r}") from err
+        raise ArgumentError(
+            f"`device` must be a torch device such as 'cpu' or 'cuda', not {device!r}", name="device"
+        ) from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"`device` must be available on this machine, not {device!r}: no CUDA; use 'cpu'")
+    return dev
 
 
 def _build_network(trainer_class, plans_manager, configuration_manager, in_channels: int, heads: int) -> nn.Module:
@@ -122,12 +127,12 @@ def load(
     fold_paths = resolve_folds(path, folds, checkpoint)
     dataset_json = read_json(path / "dataset.json")
     plans_manager = PlansManager(read_json(path / "plans.json"))
-    parameters, first = [], None
-    for _, ckpt in fold_paths:
+    log.info("reading %s", fold_paths[0][1])
+    first = read_checkpoint(fold_paths[0][1], trust=trust_checkpoint)
+    parameters = [strip_compile_prefix(first["network_weights"])]
+    for _, ckpt in fold_paths[1:]:
         log.info("reading %s", ckpt)
-        state = read_checkpoint(ckpt, trust=trust_checkpoint)
-        first = first or state
-        parameters.append(strip_compile_prefix(state["network_weights"]))
+        parameters.append(strip_compile_prefix(read_checkpoint(ckpt, trust=trust_checkpoint)["network_weights"]))
     trainer_name = first["trainer_name"]
     configuration_name = first["init_args"]["configuration"]
     mirror_axes = first.get("inference_allowed_mirroring_axes")

@@ -24,8 +24,9 @@ What a view explains is the summed logit of the class over its target region in 
 by default the voxels the un-mirrored view of the window predicts as the class (argmax for label
 models, logit > 0 for region-based models), carried into the mirrored views by the same flip,
 so every view explains the same voxels; or the part of a given mask that falls in the window.
-Windows where that region is empty contribute zero heat and are not explained (they still
-contribute their logits).
+The plain view is explained first for one class; its forward also gives the predicted regions of
+the other classes. Classes whose region is empty in a window are not explained there (zero heat);
+a view with no class to explain still runs a plain forward for its logits.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -96,6 +98,27 @@ def _predicted_masks(out: torch.Tensor, channels: list[int], activation: str) ->
     return torch.stack([pred == c for c in channels]).float()
 
 
+class _PredictedTarget(SegmentationTarget):
+    """The target of the plain view of a window for the first class: its region is what that
+    view predicts; binding also keeps the predicted regions of every class (:attr:`masks`), so
+    that the other classes and the mirrored views explain the same voxels without another forward."""
+
+    def __init__(self, channels: list[int], activation: str):
+        super().__init__(0)
+        self.channels = channels
+        self.activation = activation
+        self.masks: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"_PredictedTarget(channels={self.channels})"
+
+    def bind(self, output: torch.Tensor) -> BoundTarget:
+        with torch.no_grad():
+            self.masks = _predicted_masks(output[0].detach(), self.channels, self.activation)
+        cats = torch.tensor(self.channels[:1], dtype=torch.long, device=output.device)
+        return BoundTarget(cats, self.masks[:1])
+
+
 def _explain_window(
     cam,
     window: torch.Tensor,
@@ -107,17 +130,20 @@ def _explain_window(
     counts: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(prediction [1, heads, *p], heat [K, *p])`` of one window ``[1, C, *p]``."""
-    network = cam.model
     outputs: dict[int, torch.Tensor] = {}
-    if masks is None:  # the target region: what the plain view predicts
-        with torch.no_grad():
-            outputs[0] = network(window)
-        masks = _predicted_masks(outputs[0][0], channels, activation)
+    heat = torch.zeros((len(channels), *window.shape[2:]), dtype=torch.float32, device=window.device)
+    done: set[tuple[int, int]] = set()
+    if masks is None:  # the target regions: what the plain view predicts, found by the first CAM forward
+        first = _PredictedTarget(channels, activation)
+        res = cam.explain(window, targets=first)
+        outputs[0] = res.output
+        masks = cast(torch.Tensor, first.masks)  # set when the target was bound
+        heat[0] += res.heat[0, 0].float()
+        done.add((0, 0))
     active = [k for k in range(len(channels)) if bool(masks[k].any())]
     for k in active:
         counts[k] += 1
-    heat = torch.zeros((len(channels), *window.shape[2:]), dtype=torch.float32, device=window.device)
-    rows = [(v, k) for v in range(len(views)) for k in active]
+    rows = [(v, k) for v in range(len(views)) for k in active if (v, k) not in done]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         x = torch.cat([_flip(window, views[v]) for v, _ in chunk])
@@ -130,7 +156,7 @@ def _explain_window(
     for v in range(len(views)):
         if v not in outputs:  # no class to explain in this view: a plain forward for its logits
             with torch.no_grad():
-                outputs[v] = network(_flip(window, views[v]))
+                outputs[v] = cam.model(_flip(window, views[v]))
     # nnU-Net's _internal_maybe_mirror_and_predict, operation for operation
     prediction = outputs[0].clone()
     if len(views) > 1:
@@ -241,7 +267,7 @@ def explain_volume(
     threads = torch.get_num_threads()
     counts = [0] * len(channels)
     autocast = torch.autocast(device.type, enabled=True) if device.type == "cuda" else nullcontext()
-    logits_sum = heat_sum = None
+    total: list[torch.Tensor] = []  # the sums over folds of the logits and the heat
     try:
         torch.set_num_threads(min(default_num_processes, threads))  # as nnU-Net's prediction does
         padded, revert = pad_nd_image(data, list(patch_size), "constant", {"value": 0}, True, None)
@@ -276,15 +302,15 @@ def explain_volume(
                     bar.update,
                 )
                 logits, heat = logits[unpad].to("cpu"), heat[unpad].to("cpu")
-                if logits_sum is None:
-                    logits_sum, heat_sum = logits, heat
+                if not total:
+                    total = [logits, heat]
                 else:
-                    logits_sum += logits
-                    heat_sum += heat
+                    total[0] += logits
+                    total[1] += heat
         if len(parameters) > 1:
-            logits_sum /= len(parameters)
-            heat_sum /= len(parameters)
+            total[0] /= len(parameters)
+            total[1] /= len(parameters)
     finally:
         torch.set_num_threads(threads)
         network.load_state_dict(parameters[0])
-    return LoopOutput(logits=logits_sum, heat=heat_sum, windows=[c // len(parameters) for c in counts])
+    return LoopOutput(logits=total[0], heat=total[1], windows=[c // len(parameters) for c in counts])

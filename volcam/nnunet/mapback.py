@@ -32,6 +32,13 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def _nib_image(path: Path) -> Any:
+    """A NIfTI file's image (header and lazy data)."""
+    import nibabel as nib
+
+    return nib.load(str(path))
+
+
 def _sitk_affine(spacing, origin, direction) -> np.ndarray:
     """The RAS voxel-to-world affine of a SimpleITK geometry (LPS), 2D or 3D, as a 4x4."""
     n = len(spacing)
@@ -83,18 +90,14 @@ class SourceGrid:
             geometry = (reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
             shape = tuple(int(s) for s in reader.GetSize())
             if _is_nifti(reference):
-                import nibabel as nib
-
-                affine = np.asarray(nib.load(str(reference)).affine, dtype=np.float64)
+                affine = np.asarray(_nib_image(reference).affine, dtype=np.float64)
             else:
                 affine = _sitk_affine(*geometry)
             return cls(reference, kind, shape, affine, properties, geometry)
         if "nibabel_stuff" in properties:
-            import nibabel as nib
-
             stuff = properties["nibabel_stuff"]
             kind = "nibabel-reorient" if "reoriented_affine" in stuff else "nibabel"
-            shape = tuple(int(s) for s in nib.load(str(reference)).shape[:3])
+            shape = tuple(int(s) for s in _nib_image(reference).shape[:3])
             return cls(reference, kind, shape, np.asarray(stuff["original_affine"], dtype=np.float64), properties)
         raise ArgumentError(
             f"heat volumes can be taken back to files read by nnU-Net's SimpleITK and nibabel readers, not by the "
@@ -181,9 +184,7 @@ def read_file_order(path: str | os.PathLike[str]) -> np.ndarray:
     """A single-channel image (or label map) as an array in its file's voxel order (``[x, y, z]``)."""
     path = Path(path)
     if _is_nifti(path):
-        import nibabel as nib
-
-        return np.asanyarray(nib.load(str(path)).dataobj)
+        return np.asanyarray(_nib_image(path).dataobj)
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T

@@ -281,6 +281,13 @@ class NnUNetModel:
 
         in_range(tile_step_size, "tile_step_size", 0.0, 1.0, low_open=True)
         positive_int(batch_size, "batch_size")
+        fixed = sorted(set(method_options) & {"normalize", "upsample"})
+        if fixed:
+            raise ArgumentError(
+                f"`{fixed[0]}` is not a method option here: maps are stitched raw at the patch's size and "
+                "normalised once on the scan's grid",
+                name=fixed[0],
+            )
         infos = resolve_classes(self.label_manager, self.dataset_json, classes)
         names = [self.resolve_layer(n) for n in ([layer] if isinstance(layer, str) else layer)] if layer else None
         names = names or [self.default_layer()]
