@@ -91,3 +91,26 @@ def test_missing_channel_and_unknown_class_name_the_problem(folders, tmp_path):
         model.explain(folders.regions_images / "case_b_0000.nii.gz", classes=["cores"])
     with pytest.raises(ArgumentError, match="tile_step_size"):
         model.explain(folders.regions_images / "case_b_0000.nii.gz", tile_step_size=0)
+
+
+def test_region_of_a_class_in_a_segmentation_and_in_a_label_file():
+    import numpy as np
+
+    from volcam.nnunet.result import class_region
+
+    labels = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+    lm = _label_manager(labels, [4, 5, 6])  # values written need not be the labels
+    ds = {"labels": labels}
+    regions = resolve_classes(lm, ds, None)
+    whole, core, enhancing = regions
+    segmentation = np.array([0, 4, 5, 6])  # nothing, whole only, core (and whole), enhancing (and all)
+    assert class_region(segmentation, whole, regions).tolist() == [False, True, True, True]
+    assert class_region(segmentation, core, regions).tolist() == [False, False, True, True]
+    assert class_region(segmentation, enhancing, regions).tolist() == [False, False, False, True]
+    truth = np.array([0, 1, 2, 3, 4])
+    assert class_region(truth, whole, regions, ground_truth=True).tolist() == [False, True, True, True, False]
+    assert class_region(truth, core, regions, ground_truth=True).tolist() == [False, False, True, True, False]
+    plain = resolve_classes(
+        _label_manager({"background": 0, "a": 1, "b": 2}), {"labels": {"background": 0, "a": 1, "b": 2}}, None
+    )
+    assert class_region(truth, plain[1], plain, ground_truth=True).tolist() == [False, False, True, False, False]

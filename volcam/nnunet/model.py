@@ -313,15 +313,11 @@ class NnUNetModel:
         if mask_mode == "all":
             masks = torch.ones((len(infos), *pre.data.shape[1:]))
         elif pre.mask is not None:
-            masks = torch.from_numpy(np.stack([class_region(pre.mask, i, regions) for i in infos])).float()
+            masks = torch.from_numpy(
+                np.stack([class_region(pre.mask, i, regions, ground_truth=True) for i in infos])
+            ).float()
 
-        log.info(
-            "%s: explaining %s at %s over %d window(s) per fold",
-            case,
-            [i.name for i in infos],
-            names,
-            len(self._slicers(tile_step_size)(tuple(pre.data.shape[1:]))),
-        )
+        log.info("%s: explaining %s at %s", case, [i.name for i in infos], names)
         out = explain_volume(
             cam,
             self.parameters,
@@ -362,7 +358,7 @@ class NnUNetModel:
                 heat[info.value],
                 class_region(segmentation, info, regions),
                 grid.affine,
-                class_region(label_map, info, regions) if label_map is not None else None,
+                class_region(label_map, info, regions, ground_truth=True) if label_map is not None else None,
             )
             row.update(raw_max=float(raw_max[k]), windows=int(out.windows[k]), note="")
             if out.windows[k] == 0:

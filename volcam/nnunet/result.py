@@ -25,16 +25,21 @@ __all__ = ["NnUNetResult", "RECORD_NAME", "class_region", "case_stats"]
 RECORD_NAME = "volcam-case.json"
 
 
-def class_region(labels: np.ndarray, info: ClassInfo, regions: list[ClassInfo]) -> np.ndarray:
-    """Where a label map (nnU-Net's segmentation, or a given label file) has class ``info``.
+def class_region(
+    labels: np.ndarray, info: ClassInfo, regions: list[ClassInfo], *, ground_truth: bool = False
+) -> np.ndarray:
+    """Where a label map has class ``info``: nnU-Net's segmentation, or with ``ground_truth`` a
+    label file in the dataset's labels (``labelsTr``).
 
-    Label models: ``labels == value``. Region-based models: the segmentation holds, per voxel,
-    the value of the last region predicted there (``regions_class_order``), so the region is
-    where it holds the value of a region contained in it; a label file (ground truth) is
-    compared with the region's own labels.
+    Label models: ``labels == value``. Region-based models: a label file holds the dataset's labels,
+    so the region is where it holds one of the region's labels; the segmentation holds, per voxel,
+    the value ``regions_class_order`` gives the last region predicted there, so the region is where
+    it holds the value of a region contained in it.
     """
     if info.region is None:
         return labels == info.value
+    if ground_truth:
+        return np.isin(labels, info.region)
     inside = [r.value for r in regions if r.region is not None and set(r.region) <= set(info.region)]
     return np.isin(labels, inside)
 
