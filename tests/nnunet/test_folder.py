@@ -133,3 +133,13 @@ def test_layers_name_the_unets_parts(folders):
     assert model.default_layer() == "decoder.stages.0"
     everything = model.layers(all_modules=True)
     assert len(everything) > len(layers)
+
+
+def test_nnunet_compile_setting_leaves_the_network_uncompiled(folders, monkeypatch):
+    """Hooks need the plain modules; nnU-Net's compile switch is left as the user set it."""
+    import os
+
+    monkeypatch.setenv("nnUNet_compile", "1")
+    model = volcam.nnunet.load(folders.toy_2d, device="cpu")
+    assert model.predictor.network is model.network
+    assert os.environ["nnUNet_compile"] == "1"

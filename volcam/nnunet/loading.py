@@ -162,6 +162,52 @@ def load(
         ) from err
     dev = _device(device)
     network = network.to(dev).eval()
+    compile_flag = os.environ.pop("nnUNet_compile", None)  # the predictor shares the (uncompiled) network
+    try:
+        predictor = _predictor(
+            nnUNetPredictor,
+            network,
+            plans_manager,
+            configuration_manager,
+            parameters,
+            dataset_json,
+            trainer_name,
+            mirror_axes,
+            dev,
+        )
+    finally:
+        if compile_flag is not None:
+            os.environ["nnUNet_compile"] = compile_flag
+    return NnUNetModel(
+        folder=path,
+        folds=[f for f, _ in fold_paths],
+        checkpoint_paths=[p for _, p in fold_paths],
+        network=network,
+        parameters=parameters,
+        predictor=predictor,
+        plans_manager=plans_manager,
+        configuration_manager=configuration_manager,
+        label_manager=label_manager,
+        dataset_json=dataset_json,
+        trainer_name=trainer_name,
+        configuration=configuration_name,
+        mirror_axes=tuple(mirror_axes) if mirror_axes is not None else None,
+        device=dev,
+    )
+
+
+def _predictor(
+    nnUNetPredictor,
+    network,
+    plans_manager,
+    configuration_manager,
+    parameters,
+    dataset_json,
+    trainer_name,
+    mirror_axes,
+    dev,
+):
+    """An ``nnUNetPredictor`` on the same network and weights, set up as nnU-Net's trainer sets one up."""
     with quiet():
         predictor = nnUNetPredictor(
             tile_step_size=0.5,
@@ -182,19 +228,4 @@ def load(
             trainer_name,
             tuple(mirror_axes) if mirror_axes is not None else None,
         )
-    return NnUNetModel(
-        folder=path,
-        folds=[f for f, _ in fold_paths],
-        checkpoint_paths=[p for _, p in fold_paths],
-        network=network,
-        parameters=parameters,
-        predictor=predictor,
-        plans_manager=plans_manager,
-        configuration_manager=configuration_manager,
-        label_manager=label_manager,
-        dataset_json=dataset_json,
-        trainer_name=trainer_name,
-        configuration=configuration_name,
-        mirror_axes=tuple(mirror_axes) if mirror_axes is not None else None,
-        device=dev,
-    )
+    return predictor
