@@ -1110,6 +1110,229 @@ def environment(devices: list[torch.device]) -> dict:
     return env
 
 
+# --------------------------------------------------------------------------- nnU-Net
+def _nnunet_folder(
+    root: Path, shape: tuple[int, ...], scan_shape: tuple[int, ...], spacing: tuple[float, ...], folds: int, log
+):
+    """A results folder with nnU-Net's default 3d_fullres plans for CT-like phantoms of ``shape``
+    ``[z, y, x]`` and random weights per fold (trainer network, checkpoints as the trainer writes
+    them), and a scan of ``scan_shape`` to explain; returns ``(model folder, scan, configuration)``."""
+    import contextlib
+    import io
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    for key in ("raw", "preprocessed", "results"):
+        (root / key).mkdir(parents=True, exist_ok=True)
+        os.environ[f"nnUNet_{key}"] = str(root / key)
+    raw = root / "raw" / "Dataset901_Bench"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+
+    def write(array_zyx, path):
+        img = sitk.GetImageFromArray(array_zyx)
+        img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+        sitk.WriteImage(img, str(path), True)
+
+    for i in range(5):
+        size = scan_shape if i == 0 else shape
+        image, _ = ct_phantom(size[::-1], seed=i)  # [x, y, z]
+        image = image.transpose(2, 1, 0)
+        z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in size], indexing="ij")
+        labels = (((x - 0.2) ** 2 + y**2 + z**2) < 0.15).astype(np.uint8)
+        labels[((x - 0.25) ** 2 + (y - 0.05) ** 2 + z**2) < 0.01] = 2
+        image = np.where(labels == 1, image + 60, np.where(labels == 2, image - 40, image)).astype(np.float32)
+        if i == 0:
+            write(image, raw / "imagesTs" / "scan_0000.nii.gz")
+            continue
+        write(image, raw / "imagesTr" / f"bench_{i:03d}_0000.nii.gz")
+        write(labels, raw / "labelsTr" / f"bench_{i:03d}.nii.gz")
+    (raw / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "organ": 1, "lesion": 2},
+                "numTraining": 4,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+            DatasetFingerprintExtractor,
+        )
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        extractor = DatasetFingerprintExtractor(901, num_processes=1)
+        extractor.num_foreground_voxels_for_intensitystats = 100000
+        extractor.run(overwrite_existing=True)
+        plan_experiment_dataset(901)
+    plans = json.loads((root / "preprocessed" / "Dataset901_Bench" / "nnUNetPlans.json").read_text())
+    manager = PlansManager(plans)
+    conf = manager.get_configuration("3d_fullres")
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    folder = root / "results" / "Dataset901_Bench" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    heads = manager.get_label_manager(dataset_json).num_segmentation_heads
+    for fold in range(folds):
+        torch.manual_seed(fold)
+        net = nnUNetTrainer.build_network_architecture(manager, conf, 1, heads, enable_deep_supervision=False)
+        (folder / f"fold_{fold}").mkdir(exist_ok=True)
+        checkpoint = {
+            "network_weights": net.state_dict(),
+            "trainer_name": "nnUNetTrainer",
+            "init_args": {"configuration": "3d_fullres"},
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+        }
+        torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pth")
+    arch = conf.network_arch_init_kwargs
+    log(
+        f"  nnU-Net plans: patch {conf.patch_size}, spacing {[round(s, 3) for s in conf.spacing]}, "
+        f"{arch['n_stages']} stages, features {arch['features_per_stage']}"
+    )
+    return folder, raw / "imagesTs" / "scan_0000.nii.gz", conf
+
+
+def bench_nnunet(device: torch.device, args, log) -> dict:
+    """CAM of one whole volume through ``volcam.nnunet`` against ``nnUNetPredictor`` inference of
+    the same volume: same 3d_fullres network (nnU-Net's default plans), folds, mirroring and step."""
+    try:
+        import volcam.nnunet
+        from volcam.nnunet.loop import explain_volume
+    except ImportError as err:
+        return {"pending": f"volcam.nnunet is not available ({err})"}
+    shape = tuple(args.nnunet_shape)
+    scan_shape = tuple(args.nnunet_scan_shape or [round(s * 1.5) for s in shape])
+    spacing = tuple(args.nnunet_spacing)
+    folds = tuple(range(args.nnunet_folds))
+    mirroring = not args.nnunet_no_mirroring
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, image, conf = _nnunet_folder(Path(tmp), shape, scan_shape, spacing, len(folds), log)
+        model = volcam.nnunet.load(folder, folds=folds, device=device)
+        case = model.preprocess(image)
+        classes = [c for c in model.classes if c.name == "organ"]
+        cam = volcam.get_method("gradcam")(model.network, [model.default_layer()], normalize=False, upsample=True)
+        windows = len(model._slicers(0.5)(tuple(max(a, b) for a, b in zip(case.data.shape[1:], conf.patch_size))))
+
+        def infer():
+            return model.predict_logits(case, use_mirroring=mirroring)
+
+        def loop():
+            return explain_volume(
+                cam,
+                model.parameters,
+                case.data,
+                [c.channel for c in classes],
+                num_heads=3,
+                activation="softmax",
+                patch_size=model.patch_size,
+                slicers=model._slicers(0.5),
+                mirror_axes=model.mirror_axes if mirroring else None,
+                device=device,
+            )
+
+        def whole():
+            return model.explain(image, classes=["organ"], use_mirroring=mirroring)
+
+        runners = {"nnUNetPredictor logits": infer, "volcam CAM loop (GradCAM)": loop, "volcam explain (file)": whole}
+        cpu: dict[str, list[float]] = {k: [] for k in runners}
+
+        def with_cpu_time(name, run):
+            def timed():
+                t0 = time.process_time()
+                out = run()
+                cpu[name].append(time.process_time() - t0)
+                return out
+
+            return timed
+
+        timed = {k: with_cpu_time(k, v) for k, v in runners.items()}
+        raw = time_runners(timed, device, args.nnunet_warmup, {k: args.nnunet_repeats for k in runners}, log)
+        times = {
+            k: {
+                **summarize(v),
+                "max_ms": max(v) * 1000,
+                "cpu_median_s": statistics.median(cpu[k][args.nnunet_warmup :]),
+            }
+            for k, v in raw.items()
+        }
+        organ = whole()
+        log(f"  organ: {organ.stats[1]['windows']} of {windows} windows explained per fold")
+    base = times["nnUNetPredictor logits"]["median_ms"]
+    base_cpu = times["nnUNetPredictor logits"]["cpu_median_s"]
+    return {
+        "device": device.type,
+        "training_shape_zyx": list(shape),
+        "shape_zyx": list(scan_shape),
+        "spacing_zyx": list(spacing),
+        "preprocessed_shape": list(case.data.shape[1:]),
+        "patch_size": list(conf.patch_size),
+        "features": list(conf.network_arch_init_kwargs["features_per_stage"]),
+        "windows": windows,
+        "folds": len(folds),
+        "mirroring": mirroring,
+        "layer": model.default_layer(),
+        "explained_windows": organ.stats[1]["windows"],
+        "rows": [
+            {"runner": k, **v, "x_inference": v["median_ms"] / base, "x_inference_cpu": v["cpu_median_s"] / base_cpu}
+            for k, v in times.items()
+        ],
+    }
+
+
+def nnunet_markdown(result: dict, env: dict) -> str:
+    lines = ["# volcam benchmark: nnU-Net", ""]
+    lines += [f"- {k}: {v}" for k, v in env.items() if v is not None]
+    if "pending" in result:
+        return "\n".join([*lines, "", result["pending"], ""])
+    lines += [
+        "",
+        f"## nnU-Net 3d_fullres ({result['device']})",
+        "",
+        f"nnU-Net's default plans for CT-like phantoms of {result['training_shape_zyx']} voxels (z, y, x) at "
+        f"{result['spacing_zyx']} mm: patch {result['patch_size']}, features {result['features']}; a scan of "
+        f"{result['shape_zyx']} voxels, "
+        f"{result['windows']} windows, {result['folds']} fold(s), mirroring {'on' if result['mirroring'] else 'off'}, "
+        f"step 0.5, random weights. CAM: GradCAM of class 1 at `{result['layer']}`, the region each window "
+        f"predicts ({result['explained_windows']} windows hold it). `nnUNetPredictor logits` is "
+        "`predict_logits_from_preprocessed_data`; the CAM loop computes the same logits and the heat from the "
+        "same preprocessed volume; `volcam explain (file)` adds nnU-Net's preprocessing and the way back "
+        "onto the scan (segmentation and heat).",
+        "",
+        "Wall time is what a user waits; CPU time (all threads of the process, `time.process_time`) is less "
+        "sensitive to other processes on a shared machine.",
+        "",
+        "| runner | median ms | min ms | max ms | x inference | CPU s (median) | x inference (CPU) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['runner']} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['max_ms']:.0f} | {r['x_inference']:.2f} "
+        f"| {r['cpu_median_s']:.1f} | {r['x_inference_cpu']:.2f} |"
+        for r in result["rows"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_nnunet(args, log) -> int:
+    """``--nnunet``: the nnU-Net case alone; writes ``benchmark-nnunet.json`` and ``.md`` to ``--out``."""
+    device = torch.device(args.nnunet_device)
+    env = environment([device])
+    log(f"[{device.type}] nnU-Net 3d_fullres")
+    result = bench_nnunet(device, args, log)
+    md = nnunet_markdown(result, env)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "benchmark-nnunet.json").write_text(json.dumps({"environment": env, "nnunet": result}, indent=1))
+        (args.out / "benchmark-nnunet.md").write_text(md)
+    print(md)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -1157,6 +1380,15 @@ def parse_args(argv=None):
     p.add_argument(
         "--sliding-host-stitch", action="store_true", help="on CUDA also stitch in host memory (device='cpu')"
     )
+    p.add_argument("--nnunet", action="store_true", help="only the nnU-Net case: volcam.nnunet CAM vs nnUNetPredictor")
+    p.add_argument("--nnunet-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--nnunet-shape", type=int, nargs=3, default=(32, 96, 96), help="training phantoms z y x")
+    p.add_argument("--nnunet-scan-shape", type=int, nargs=3, default=None, help="explained scan (default 1.5x)")
+    p.add_argument("--nnunet-spacing", type=float, nargs=3, default=(2.5, 0.8, 0.8), help="spacing z y x (mm)")
+    p.add_argument("--nnunet-folds", type=int, default=1)
+    p.add_argument("--nnunet-no-mirroring", action="store_true")
+    p.add_argument("--nnunet-repeats", type=int, default=3)
+    p.add_argument("--nnunet-warmup", type=int, default=0)
     p.add_argument("--png", action="store_true", help="time the export of slice PNGs (CPU)")
     p.add_argument("--png-slices", type=int, default=300)
     p.add_argument("--png-repeats", type=int, default=3)
@@ -1216,6 +1448,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
         return render(args.render, args.out)
+    if args.nnunet:
+        return run_nnunet(args, lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.devices is None:
         names = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:

@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": ("volcam.commands.evaluate", "localisation, faithfulness and sanity checks of CAMs"),
     "compare": ("volcam.commands.compare", "compare methods and layers on a few cases and recommend one"),
     "view": ("volcam.commands.view", "(re)build the HTML viewer of a case (or every case of a run) from its files"),
+    "nnunet": ("volcam.commands.nnunet", "explain a trained nnU-Net v2 model (results folder) on a folder of scans"),
 }
 
 
