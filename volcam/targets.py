@@ -346,8 +346,8 @@ def _bind_one(spec: Any, output: torch.Tensor, prediction: Prediction) -> Scorer
         if output.ndim >= 2:
             _check_category(spec, output.shape[1])
         spec = ClassifierTarget(spec) if output.ndim == 2 else SegmentationTarget(spec)
-    if isinstance(spec, SegmentationTarget):
-        return spec.bind_prediction(prediction)
+    if isinstance(spec, SegmentationTarget) and type(spec).bind is SegmentationTarget.bind:
+        return spec.bind_prediction(prediction)  # a subclass that binds its own way keeps its bind
     if isinstance(spec, Target):
         return spec.bind(output)
     if callable(spec):

@@ -205,6 +205,27 @@ def test_predicted_labels_equal_argmax_with_ties():
     assert int((torch.randint(0, 3, (2, 5, 6, 7)).float().argmax(1) == 0).sum()) > 0  # ties do occur
 
 
+def test_a_segmentation_target_subclass_with_its_own_bind_is_bound_by_it():
+    class Box(SegmentationTarget):  # a subclass that chooses its region itself
+        def __init__(self):
+            super().__init__(1)
+            self.calls = 0
+
+        def bind(self, output):
+            self.calls += 1
+            box = torch.zeros(output.shape[0], *output.shape[2:], dtype=torch.bool)
+            box[:, :2, :2] = True
+            return volcam.targets.BoundTarget(torch.tensor([1] * output.shape[0]), box)
+
+    model = pyramid(2)
+    x = torch.randn(1, 1, 16, 16)
+    target = Box()
+    res = quiet(lambda: make("gradcam", model).explain(x, target))
+    boxed = quiet(lambda: make("gradcam", model).explain(x, SegmentationTarget(1, mask=target.bind(model(x)).masks)))
+    assert target.calls == 2 and torch.allclose(res.heat, boxed.heat)
+    assert not torch.allclose(res.heat, quiet(lambda: make("gradcam", model).explain(x, SegmentationTarget(1)).heat))
+
+
 def test_default_target_uses_the_same_tie_rule():
     out = torch.zeros(1, 3, 2, 2)
     out[0, 1, 0, 0] = out[0, 2, 0, 0] = 5.0  # tie: argmax says class 1

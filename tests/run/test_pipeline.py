@@ -181,17 +181,20 @@ def test_bad_cases_are_listed_and_leave_nothing(dataset, capsys):
 
 def test_failure_mid_case_removes_its_outputs(dataset, monkeypatch):
     """A failure after the first class's files are written (here an injected CUDA OOM) leaves nothing."""
+    from volcam.run.export import CaseExporter
+
     cfg = load_config(config(dataset, outputs=HEAT_ONLY))
-    real = pipeline.Runner.explain
+    real = CaseExporter._write_class
     calls = []
 
-    def explain(self, x, target):
-        calls.append(target.category)
-        if len(calls) == 4:  # case1, second class
+    def write_class(self, out, cls, *args, **kwargs):
+        calls.append((out.case.id, cls.category))
+        if len(calls) == 4:  # case1, second class: its first class's files are written
+            assert (args[-1] / "1" / "heat.nii.gz").is_file() or any(args[-1].rglob("heat.nii.gz"))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(self, x, target)
+        return real(self, out, cls, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.Runner, "explain", explain)
+    monkeypatch.setattr(CaseExporter, "_write_class", write_class)
     assert pipeline.run(cfg, quiet=True) == 1
     rows = pipeline.read_summary(dataset / "out" / "summary.csv")
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed", "ok", "ok"]
@@ -234,7 +237,7 @@ def test_killed_run_resumes_without_redoing_finished_cases(dataset):
             **cfg["network_def"],
             "_target_": "pipeline_helpers.GatedUNet",
             "gate": str(gate),
-            "block_after": 3,
+            "block_after": 2,
         },
     )
     path = write_yaml(dataset / "gated.yaml", gated)
@@ -249,7 +252,7 @@ def test_killed_run_resumes_without_redoing_finished_cases(dataset):
     out = dataset / "out"
     try:
         deadline = time.monotonic() + 120
-        # forward 4 is case1's second class: case0 is complete, case1 half written when it blocks
+        # forward 3 is case1's (one probe of the memory estimate, then one pass per case): case0 is complete
         while not Path(str(gate) + ".waiting").exists():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the run never reached the second case"

@@ -287,7 +287,7 @@ def test_kill_9_at_random_points_of_an_overwrite_keeps_every_case_complete(datas
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_stop_cleanly(dataset, sig, code):
     gate = dataset / "gate"
-    path = write_yaml(dataset / "gated.yaml", gated_config(dataset, gate, block_after=3))
+    path = write_yaml(dataset / "gated.yaml", gated_config(dataset, gate, block_after=2))
     proc = subprocess.Popen(
         [sys.executable, "-m", "volcam", "run", str(path), "--quiet"],
         cwd=ROOT,

@@ -6,9 +6,11 @@ import argparse
 import sys
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_help: str = "run configuration (.yaml or .json)"
+) -> None:
     """``CONFIG``, ``--override KEY=VALUE ...`` (repeatable), ``--no-eval`` and ``--python-path``."""
-    parser.add_argument("config", metavar="CONFIG", help="run configuration (.yaml or .json)")
+    parser.add_argument("config", metavar="CONFIG", help=config_help)
     parser.add_argument(
         "--override",
         "-o",

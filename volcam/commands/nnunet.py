@@ -128,8 +128,11 @@ def _cases(model, inputs: list[str]) -> dict:
     return cases
 
 
-def _print_layers(model) -> None:
+def print_layers(model, *, depth: int | None = None) -> None:
+    """The layers of an nnU-Net model with their kinds and shapes for one patch."""
     layers = model.layers()
+    if depth is not None:
+        layers = [layer for layer in layers if layer.name.count(".") < depth]
     width = max(len(layer.name) for layer in layers)
     kind_width = max(len(layer.kind) for layer in layers)
     print(f"{type(model.network).__name__} on one patch {list(model.patch_size)}; pass a name with --layer")
@@ -166,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"volcam nnunet: error: {err}", file=sys.stderr)
         return 2
     if args.layers:
-        _print_layers(model)
+        print_layers(model)
         return 0
     if not args.input or not args.output:
         raise ArgumentError("-i INPUT and -o OUTPUT are needed (or --layers to list the layers)")

@@ -237,6 +237,7 @@ def compare(
     warn = warn or log.warning
     started = time.perf_counter()
     out = Path(options.output) if options.output else Path(config.outputs.dir) / "compare"
+    config.require_network("volcam compare")
     runner = Runner(config)
     methods = _methods(options)
     cases = _choose_cases(runner, list(config.list_cases()), options.cases, warn)

@@ -75,6 +75,16 @@ class RunConfig:
     outputs: OutputSettings
     raw: Mapping[str, Any]
     allow_eval: bool = True
+    nnunet: Mapping[str, Any] | None = None
+
+    def require_network(self, command: str) -> None:
+        """Refuse an ``nnunet`` config in a command that needs ``network_def``."""
+        if self.nnunet is not None:
+            raise ConfigError(
+                f"{command} needs a config with network_def and checkpoint, not an nnunet section; nnU-Net models "
+                "are explained by volcam run and volcam nnunet",
+                key="nnunet",
+            )
 
     # ---- plain settings
     def __getitem__(self, key: str) -> Any:
@@ -238,6 +248,10 @@ class RunConfig:
         """The cases of the ``data`` section (see :func:`volcam.run.cases.list_cases`)."""
         from volcam.run.cases import list_cases
 
+        if self.nnunet is not None:
+            from volcam.run.nnunet_runner import nnunet_cases
+
+            return nnunet_cases(self, self.data.as_mapping())
         exclude = [Path(self.outputs.dir)]
         return list_cases(self.data.as_mapping(), exclude=exclude)
 
@@ -284,6 +298,57 @@ def _read(source: Any) -> tuple[dict[str, Any], Path | None]:
     if not isinstance(content, Mapping):
         raise ConfigError(f"CONFIG must hold a mapping of keys, not {type(content).__name__}", key="CONFIG")
     return dict(content), path
+
+
+def _nnunet_section(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``nnunet`` section with its defaults, or None; it replaces network_def, checkpoint and
+    preprocessing, which must then be left out."""
+    section = raw.get("nnunet")
+    if section is None:
+        return None
+    from volcam.run.nnunet_runner import NNUNET_SETTINGS
+
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"nnunet must be a mapping (folder, folds, checkpoint, ...), not {section!r}", key="nnunet")
+    for k in section:
+        if k not in NNUNET_SETTINGS:
+            raise ConfigError(
+                f"nnunet.{k} is not a setting of nnunet (settings: {', '.join(NNUNET_SETTINGS)})"
+                f"{did_you_mean(k, NNUNET_SETTINGS)}",
+                key=f"nnunet.{k}",
+            )
+    both = [k for k in ("network_def", "checkpoint", "preprocessing") if raw.get(k)]
+    if both:
+        raise ConfigError(
+            f"{both[0]} must be left out with an nnunet section (the results folder holds the network, its "
+            "weights and its preprocessing), not given",
+            key=both[0],
+        )
+    sliding = raw.get("sliding_window") or {}
+    if isinstance(sliding, Mapping) and sliding.get("roi_size"):
+        raise ConfigError(
+            "sliding_window must be left out with an nnunet section (nnU-Net's own patch size, tile step and "
+            "Gaussian weighting are used: nnunet.tile_step_size), not given",
+            key="sliding_window.roi_size",
+        )
+    outputs = raw.get("outputs") or {}
+    if isinstance(outputs, Mapping) and outputs.get("raw_heat"):
+        raise ConfigError(
+            "outputs.raw_heat must be false with an nnunet section (heat is stitched over windows, views and "
+            "folds and normalised once on the scan's grid), not true",
+            key="outputs.raw_heat",
+        )
+    data = raw.get("data") or {}
+    other = [k for k in ("files", "dataset_json", "dicom") if isinstance(data, Mapping) and data.get(k)]
+    if other:
+        raise ConfigError(
+            f"data.{other[0]} must be left out with an nnunet section (cases are data.folder in nnU-Net's naming, "
+            "case_0000.nii.gz, with data.label_folder), not given",
+            key=f"data.{other[0]}",
+        )
+    if section.get("folder") is None and section.get("dataset") is None:
+        raise ConfigError("nnunet.folder is required (the results folder), or nnunet.dataset", key="nnunet.folder")
+    return {**NNUNET_SETTINGS, **dict(section)}
 
 
 def _spatial_dims(value: Any, raw: Mapping[str, Any]) -> int:
@@ -345,9 +410,11 @@ def load_config(
     if not allow_eval:
         check_no_eval(raw)  # values given by --override too
 
-    if raw.get("network_def") is None:
+    nnunet = _nnunet_section(raw)
+    if raw.get("network_def") is None and nnunet is None:
         raise ConfigError(
-            f"network_def is required (a _target_ mapping building the network){did_you_mean('network_def', raw)}",
+            "network_def is required (a _target_ mapping building the network, or an nnunet section naming a "
+            f"results folder){did_you_mean('network_def', raw)}",
             key="network_def",
         )
     unknown = [k for k in raw if k not in TOP_LEVEL]
@@ -390,18 +457,19 @@ def load_config(
     return RunConfig(
         parser=parser,
         path=path,
-        checkpoint=_checkpoint(plain("checkpoint"), "checkpoint" in raw, base),
+        checkpoint=None if nnunet is not None else _checkpoint(plain("checkpoint"), "checkpoint" in raw, base),
         checkpoint_key=plain("checkpoint_key"),
         device_name=device,
         spatial_dims=dims,
         input_size=None if input_size is None else int_list(input_size, "input_size", dims),
         python_path=tuple(dict.fromkeys(folders)),
         config_dir=str(plain("config_dir")),
-        cam=CamSettings.from_raw(sections["cam"]),
+        cam=CamSettings.from_raw(sections["cam"], layers_required=nnunet is None),
         targets=TargetSettings.from_raw(sections["targets"]),
         sliding=SlidingSettings.from_raw(sections["sliding_window"], dims),
         data=DataSettings.from_raw(sections["data"]),
         outputs=OutputSettings.from_raw(sections["outputs"]),
         raw=copy.deepcopy(dict(raw)),
         allow_eval=allow_eval,
+        nnunet=nnunet,
     )

@@ -238,13 +238,12 @@ def run(
     """
     import torch.distributed as dist
 
-    from volcam.run.checkpoint import file_digest
     from volcam.run.config import RunConfig, load_config
     from volcam.run.loop import CaseWriter, run_cases
     from volcam.run.outdir import OutputFolder
     from volcam.run.plan import check_names, plan_cases
     from volcam.run.provenance import map_provenance
-    from volcam.run.runner import Runner
+    from volcam.run.runner import make_runner
     from volcam.run.summary import CaseResult, RunResult, case_line, write_report, write_summary
 
     say = on_line or (lambda text: log.info("%s", text))
@@ -274,9 +273,8 @@ def run(
         locked = False
         try:
             reporter.announce()
-            runner = Runner(config)  # every rank, in parallel
-            digest = None if config.checkpoint is None else file_digest(config.checkpoint)
-            maps = map_provenance(config, device=runner.device, checkpoint_digest=digest)
+            runner = make_runner(config)  # every rank, in parallel
+            maps = map_provenance(config, device=runner.device, checkpoint=runner.checkpoint_record())
             # rank 0 lists the cases and plans the run: one answer for every rank
             plan: list[Any] = [None]
             if lead:

@@ -150,6 +150,7 @@ def evaluate(
     say = say or log.info
     warn = warn or log.warning
     out = Path(options.output) if options.output else Path(config.outputs.dir) / "evaluation"
+    config.require_network("volcam evaluate")
     runner = Runner(config.with_output_dir(out))
     model, cam, pre, device = runner.model, runner.cam, runner.pre, runner.device
     cases = list(config.list_cases())

@@ -37,14 +37,13 @@ import torch
 
 from volcam.errors import ImageReadError, VolcamError
 from volcam.run.cases import Case
-from volcam.run.checkpoint import file_digest
 from volcam.run.config import RunConfig, load_config
 from volcam.run.export import CaseExporter
 from volcam.run.loading import CaseDataset, describe_error
 from volcam.run.outdir import RECORD_NAME, OutputFolder, RunFolderError
 from volcam.run.plan import RunPlan, check_names, failed_rows, plan_cases
 from volcam.run.provenance import input_identity, map_provenance
-from volcam.run.runner import Runner
+from volcam.run.runner import Runner, make_runner
 from volcam.run.summary import CaseResult, RunResult, case_line, write_report, write_summary
 
 __all__ = ["run", "run_cases", "CaseWriter", "Interrupted", "RunStopped", "stop_on_signals", "infrastructure_error"]
@@ -265,11 +264,13 @@ class _Table:
 
 
 def _start_line(
-    config: RunConfig, cases: Sequence[Case], runner: Runner, folder: OutputFolder, digest: str | None
+    config: RunConfig, cases: Sequence[Case], runner: Runner, folder: OutputFolder, checkpoint: dict[str, Any] | None
 ) -> str:
     s = config.sliding
     how = f"sliding windows {list(s.roi_size)}" if s.roi_size else "whole volumes"
-    ckpt = "none (initial weights)" if config.checkpoint is None else f"{config.checkpoint} ({(digest or '')[:12]})"
+    if config.nnunet is not None:
+        how = "nnU-Net's sliding window"
+    ckpt = "none (initial weights)" if checkpoint is None else f"{checkpoint['path']} ({checkpoint['blake2b'][:12]})"
     return (
         f"volcam run: {len(cases)} case(s), {config.cam.method} on {runner.layer_names}, classes {runner.classes}, "
         f"{how}, device {runner.device}, checkpoint {ckpt}, outputs in {folder.root}"
@@ -324,9 +325,9 @@ def run(
     check_names(cases)
     if getattr(cases, "left_out", None) and not quiet:
         say(f"volcam run: left out of the dataset: {cases.summary()}")
-    runner = Runner(config)
-    digest = None if config.checkpoint is None else file_digest(config.checkpoint)
-    maps = map_provenance(config, device=runner.device, checkpoint_digest=digest)
+    runner = make_runner(config)
+    checkpoint = runner.checkpoint_record()
+    maps = map_provenance(config, device=runner.device, checkpoint=checkpoint)
     results: dict[int, CaseResult] = {}
     interrupted: int | None = None
     error = ""
@@ -346,7 +347,7 @@ def run(
             since=since,
         )
         if not quiet:
-            say(_start_line(config, cases, runner, folder, digest))
+            say(_start_line(config, cases, runner, folder, checkpoint))
         results.update(plan.decided)
         table = _Table(folder, cases, plan)
         bar = tqdm(total=len(cases), unit="case", disable=quiet, file=sys.stderr, dynamic_ncols=True)

@@ -126,7 +126,7 @@ def same_file(recorded: Mapping[str, Any] | None, path: str | os.PathLike[str] |
 
 
 def map_provenance(
-    config: Any, *, device: Any, dtype: str = "float32", checkpoint_digest: str | None
+    config: Any, *, device: Any, dtype: str = "float32", checkpoint: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The ``maps`` entry of a case record for a run of ``config`` (see the module docstring)."""
     from volcam import __version__
@@ -136,9 +136,7 @@ def map_provenance(
         "volcam": __version__,
         **cam,
         "targets": config.targets.describe(),
-        "checkpoint": None
-        if config.checkpoint is None
-        else {"path": str(config.checkpoint), "blake2b": checkpoint_digest},
+        "checkpoint": checkpoint,
         "config": config.map_hash(),
         "device": getattr(device, "type", str(device)),
         "dtype": dtype,

@@ -26,7 +26,7 @@ from volcam.geometry import voxel_to_world, voxel_volume_ml
 from volcam.run.cases import Case, label_region
 from volcam.run.config import RunConfig
 
-__all__ = ["Runner", "CaseOutput", "ClassOutput", "network_divisor"]
+__all__ = ["Runner", "CaseOutput", "ClassOutput", "make_runner", "network_divisor"]
 
 
 @dataclass
@@ -138,6 +138,13 @@ class Runner:
             sliding=(tuple(s.roi_size), s.sw_batch_size) if s.roi_size else None,
             out_channels=self.out_channels or 2,
         )
+
+    def checkpoint_record(self) -> dict[str, Any] | None:
+        """The checkpoint of the case records: ``{"path", "blake2b"}``, or None (initial weights)."""
+        from volcam.run.checkpoint import file_digest
+
+        path = self.config.checkpoint
+        return None if path is None else {"path": str(path), "blake2b": file_digest(path)}
 
     def check_classes(self, channels: int) -> None:
         """Refuse classes the network's output does not have (a config error, for the whole run)."""
@@ -308,6 +315,16 @@ class Runner:
             row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             out.classes.append(ClassOutput(c, self.names[c], heat_src, pred_src.as_tensor()[0] > 0.5, row))
         return out
+
+
+def make_runner(config: RunConfig) -> Any:
+    """The runner of a config: :class:`Runner`, or for an ``nnunet`` section
+    :class:`volcam.run.nnunet_runner.NnUNetRunner` (the same interface)."""
+    if config.nnunet is not None:
+        from volcam.run.nnunet_runner import NnUNetRunner
+
+        return NnUNetRunner(config)
+    return Runner(config)
 
 
 def _note(note: Any) -> str:

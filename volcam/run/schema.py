@@ -11,6 +11,8 @@ A config is a mapping with these top-level keys (every key but ``network_def``,
     input_size:        null                 # dummy input for `volcam layers`
     python_path:       []                   # folders added to sys.path (custom network modules)
     vars:              {}                   # free entries for @references (vars::name)
+    nnunet:            null                 # an nnU-Net v2 results folder, in place of network_def,
+                                            #   checkpoint and preprocessing (volcam.run.nnunet_runner)
     cam:               {method, target_layers, layer_output, model_output, reshape, method_args}
     targets:           {classes, names, mask, activation, label_values}
     preprocessing:     []                   # dictionary transforms over keys image (and label)
@@ -107,13 +109,14 @@ TOP_LEVEL: dict[str, Any] = {
     "input_size": None,
     "python_path": [],
     "vars": {},
+    "nnunet": None,
     "preprocessing": [],
     "config_dir": ".",
     **{name: {} for name in SECTIONS},
 }
 
 #: Top-level entries whose (raw) content affects the maps; their hash is part of a case's record.
-MAP_SECTIONS = ("network_def", "checkpoint_key", "preprocessing", "cam", "targets", "sliding_window", "vars")
+MAP_SECTIONS = ("network_def", "checkpoint_key", "preprocessing", "cam", "targets", "sliding_window", "vars", "nnunet")
 
 MASKS = ("prediction", "label", "whole")
 ACTIVATIONS = ("softmax", "sigmoid")

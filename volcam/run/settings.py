@@ -125,7 +125,7 @@ class CamSettings:
     method_args: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_raw(cls, raw: Mapping[str, Any]) -> CamSettings:
+    def from_raw(cls, raw: Mapping[str, Any], *, layers_required: bool = True) -> CamSettings:
         s = dict(raw)
         if not isinstance(s["method"], str) or not s["method"]:
             raise ConfigError(f"cam.method must be a method name, not {_show(s['method'])}", key="cam.method")
@@ -139,7 +139,9 @@ class CamSettings:
                 key="cam.method",
             ) from err
         layers = s["target_layers"]
-        if layers is None or layers == [] or layers == "":
+        if (layers is None or layers == [] or layers == "") and not layers_required:
+            layers = []
+        elif layers is None or layers == [] or layers == "":
             raise ConfigError(
                 "cam.target_layers is required (a dotted module name or a list of them; "
                 "`volcam layers CONFIG` lists the candidates)",
