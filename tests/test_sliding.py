@@ -151,3 +151,62 @@ def test_empty_target_everywhere_warns_and_gives_zeros(method):
         res = sliding_window_cam(cam, x, 12, targets=1)
     assert torch.equal(res.heat, torch.zeros_like(res.heat)) and not bool((res.output.argmax(1) == 1).any())
     assert [(n.sample, n.reason) for n in res.notes] == [(0, "empty_target")]
+
+
+class BlockNet(nn.Module):
+    """Features on 2x2x2 blocks (a stride-2 convolution with kernel 2) and back: a window
+    whose position is a multiple of 2 sees exactly the features of the whole volume."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.down = nn.Conv3d(1, 6, 2, stride=2)
+        self.feat = nn.Sequential(nn.Conv3d(6, 8, 1), nn.PReLU())
+        self.up = nn.ConvTranspose3d(8, 4, 2, stride=2)
+        self.head = nn.Conv3d(4, 3, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.up(self.feat(torch.relu(self.down(x))))))
+
+
+GLOBAL = ["gradcam", "gradcam++", "xgradcam", "eigencam", "eigengradcam"]
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+@pytest.mark.parametrize("overlap", [0.25, 0.5, 0.75])
+def test_whole_volume_weights_equal_the_whole_volume_cam(overlap, mode):
+    net = BlockNet().eval()
+    torch.manual_seed(5)
+    x = torch.randn(2, 1, 16, 12, 20)
+    targets = [volcam.SegmentationTarget(1), volcam.SegmentationTarget(2, mask="all")]
+    for name in GLOBAL:
+        cam = volcam.get_method(name)(net, "feat")
+        whole = cam.explain(x, targets=targets)
+        res = sliding_window_cam(cam, x, roi_size=8, overlap=overlap, mode=mode, sw_batch_size=4, targets=targets)
+        assert res.global_weights
+        assert whole.heat.std() > 0.05, name
+        torch.testing.assert_close(res.heat, whole.heat, atol=1e-4, rtol=0, msg=f"{name} overlap {overlap} {mode}")
+        torch.testing.assert_close(res.output, whole.output, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res.layer_maps[0], whole.layer_maps[0], atol=1e-4, rtol=1e-4)
+
+
+def test_per_window_weights_tile_the_map_and_whole_volume_weights_do_not():
+    # the same network and volume, Grad-CAM with per-window weights (global_weights=False) differs
+    # from the whole-volume map by window-aligned steps; the whole-volume weights do not
+    net = BlockNet().eval()
+    torch.manual_seed(6)
+    x = torch.randn(1, 1, 16, 16, 16)
+    cam = volcam.GradCAM(net, "feat")
+    target = volcam.SegmentationTarget(1, mask="all")
+    whole = cam(x, targets=target)
+    assert whole.std() > 0.05
+    tiled = sliding_window_cam(cam, x, roi_size=8, overlap=0.25, targets=target, global_weights=False).heat
+    assert (tiled - whole).abs().max() > 0.05
+    glob = sliding_window_cam(cam, x, roi_size=8, overlap=0.25, targets=target).heat
+    assert (glob - whole).abs().max() < 1e-4
+
+
+def test_global_weights_are_refused_where_a_window_cannot_give_them():
+    cam = volcam.ScoreCAM(BlockNet().eval(), "feat")
+    with pytest.raises(volcam.ArgumentError, match="`global_weights` must be False for ScoreCAM"):
+        sliding_window_cam(cam, torch.randn(1, 1, 16, 16, 16), 8, targets=1, global_weights=True)

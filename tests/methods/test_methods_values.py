@@ -190,3 +190,32 @@ def test_eigencam_is_the_first_principal_component():
         # same component up to sign; the sign follows the channel-mean activation
         ref_sign = np.sign(np.dot(proj, pts.mean(1) - pts.mean()))
         np.testing.assert_allclose(got, proj * ref_sign, rtol=1e-3, atol=1e-4)
+
+
+def _correlation(a, b):
+    a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_gradcampp_is_stable_under_tiny_input_noise_after_normalisation_layers(seed):
+    # a MONAI UNet encoder block (instance norm, PReLU, residual): channel sums can be
+    # negative there, where the unguarded denominator of alpha crosses zero
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(seed)
+    net = UNet(3, 1, 3, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=2).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    noisy = x + 1e-3 * torch.randn_like(x)
+    layer, target = "model.1.submodule.1.submodule.0", volcam.SegmentationTarget(1, mask="all")
+    feats = {}
+    h = net.get_submodule(layer).register_forward_hook(lambda m, i, o: feats.setdefault("a", o.detach()))
+    with torch.no_grad():
+        net(x)
+    h.remove()
+    assert (feats["a"].sum((2, 3, 4)) < 0).any()  # the case the guard is for
+    plus = [volcam.GradCAMPlusPlus(net, layer)(v, target) for v in (x, noisy)]
+    grad = [volcam.GradCAM(net, layer)(v, target) for v in (x, noisy)]
+    assert _correlation(*grad) > 0.99
+    assert _correlation(*plus) > 0.99
+    assert plus[0].std() > 0.05  # a real map
