@@ -17,8 +17,9 @@ What is checked, per kind of block:
 - ``bash``, ``console``, ``sh``, ``shell``: ``bash -n`` accepts them; every ``volcam`` command
   (also after ``python -m`` or ``torchrun ... -m``) is parsed by volcam's own argument parser;
   ``pip install`` names only extras that ``pyproject.toml`` defines; ``python scripts/x.py``
-  names a script that exists and whose ``parse_args`` accepts the arguments; ``pytest -m``
-  names declared markers. Blocks marked ``run`` are run (in a separate, ``slow`` test).
+  names a script that exists and whose ``parse_args`` accepts the arguments; ``python -c``
+  code compiles; ``pytest -m`` names declared markers. Blocks marked ``run`` are run (in a
+  separate, ``slow`` test).
 - ``yaml``: parses; a block whose keys are keys of a run configuration is loaded with
   :func:`volcam.run.load_config` (a partial one on top of a minimal configuration), its
   preprocessing built, and, when it defines ``network_def``, its network and CAM method built.
@@ -306,6 +307,8 @@ def test_shell_blocks_are_valid(page):
                 check_pip(argv, where)
             elif argv[0] in ("python", "python3") and len(argv) > 1 and argv[1].startswith("scripts/"):
                 check_script(argv, where)
+            elif argv[0] in ("python", "python3") and len(argv) > 2 and argv[1] == "-c":
+                compile(argv[2], where, "exec")  # at least valid Python
             elif "pytest" in argv[:3]:
                 check_pytest(argv, where)
 
