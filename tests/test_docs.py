@@ -449,3 +449,37 @@ def test_config_reference_names_every_key():
                     named.update(f"{key}.{k}" for k in value)
     wanted = set(TOP_LEVEL) | {f"{s}.{k}" for s, keys in SECTIONS.items() for k in keys}
     assert not wanted - named, f"{page_id(page)} does not show these keys: {sorted(wanted - named)}"
+
+
+def test_indented_blocks_of_docstrings_become_literal_blocks():
+    """The docs build shows the house style's indented formulas and examples as code (docs/conf.py)."""
+    spec = importlib.util.spec_from_file_location("_docs_conf", DOCS / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    lines = [
+        "The weight of a channel:",
+        "",
+        "    w[b, k] = mean over S of dy/dA[b, k, ...]",
+        "",
+        "        indented further inside the block",
+        "",
+        "Example",
+        "",
+        "    cam = volcam.GradCAM(model, layer)",
+        "",
+        "- an item",
+        "",
+        "  - a nested item",
+        "",
+        "- another item",
+        "",
+        "  its second paragraph",
+        "",
+        "Already a literal block::",
+        "",
+        "    x = 1",
+    ]
+    out = conf.literal_blocks(lines)
+    assert out[0] == "The weight of a channel::" and out[6] == "Example ::"
+    changed = {i for i, (a, b) in enumerate(zip(lines, out)) if a != b}
+    assert changed == {0, 6}  # code lines, lists and existing literal blocks are left alone
