@@ -483,3 +483,13 @@ def test_indented_blocks_of_docstrings_become_literal_blocks():
     assert out[0] == "The weight of a channel::" and out[6] == "Example ::"
     changed = {i for i, (a, b) in enumerate(zip(lines, out)) if a != b}
     assert changed == {0, 6}  # code lines, lists and existing literal blocks are left alone
+
+
+def test_readme_links_lead_to_files():
+    """The README is read on its own (outside the Sphinx build, which checks the pages' links)."""
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert local, "the README links to the documentation"
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
