@@ -52,7 +52,7 @@ from volcam.methods import (
 from volcam.result import MapNote
 from volcam.targets import ClassifierTarget, SegmentationTarget
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it
 
 __all__ = [
     "BaseCAM",

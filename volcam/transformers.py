@@ -5,15 +5,15 @@ A CAM needs activations ``[B, K, *S]``. Transformer layers give other layouts; e
 helper here is a callable for the ``reshape`` argument of every method, and only
 rearranges elements (so the engine can apply it to the gradients too):
 
-==========================  ==============================  ===========================
-layer output                example (MONAI)                 helper
-==========================  ==============================  ===========================
-tokens ``[B, N, K]``        ``vit.blocks.11``, ``vit.norm``   :class:`TokenGrid`
-tokens + class token        ``ViT(classification=True)``    ``TokenGrid(..., class_token=True)``
-channels last ``[B,*S,C]``  ``swinViT.layers2.0.blocks.1``  :class:`ChannelsLast`
+==========================  ===================================  ====================================
+layer output                example (MONAI)                      helper
+==========================  ===================================  ====================================
+tokens ``[B, N, K]``        ``vit.blocks.11``, ``vit.norm``      :class:`TokenGrid`
+tokens + class token        ``ViT(classification=True)``         ``TokenGrid(..., class_token=True)``
+channels last ``[B,*S,C]``  ``swinViT.layers2.0.blocks.1``       :class:`ChannelsLast`
 windows ``[B*nW, w, C]``    ``swinViT.layers4.0.blocks.1.attn``  :class:`SwinWindows`
 ``[B, C, *S]``              ``swinViT.layers3.0``, ``encoder2``  none needed
-==========================  ==============================  ===========================
+==========================  ===================================  ====================================
 
 :func:`suggested_layers` lists the usual target layers of a ``UNETR``/``ViT`` or a
 ``SwinUNETR`` with the ``reshape`` each needs::

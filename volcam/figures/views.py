@@ -105,8 +105,8 @@ def mosaic(
     """A grid of ``n`` slices along ``axis`` with the heat blended over them.
 
     Args:
-        image, heat, affine, window, cmap, alpha, threshold, blend, heat_range, mask,
-            outline_color, convention: as in :func:`overlay_slice`.
+        image, heat, affine, window, cmap, alpha, threshold, blend, heat_range, mask, outline_color, convention:
+            as in :func:`overlay_slice`.
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"`` (None: axial for 3D, the
             image's own plane for 2D).
         n: number of slices.

@@ -60,7 +60,7 @@ class AblationCAM(BaseCAM):
         batch_size: ablated copies per forward pass; None (default): 1 on the CPU, 16 on a GPU.
         ratio: fraction of the channels to ablate per sample (the largest by mean
             absolute activation); the others get weight 0. None or 1.0: all channels.
-        (others as :class:`~volcam.methods.base.BaseCAM`)
+        **kwargs: the other arguments of :class:`~volcam.methods.base.BaseCAM`.
     """
 
     name = "ablationcam"

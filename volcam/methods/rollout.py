@@ -67,7 +67,7 @@ class AttentionRollout(BaseCAM):
 
     Args:
         model: the network (a MONAI ``UNETR``, ``ViT``, or any model containing
-            ``SABlock``s).
+            ``SABlock`` modules).
         target_layers: None (every attention block of the model), or modules (names)
             whose attention blocks are rolled out, e.g. ``"vit"``, or
             ``["vit.blocks.0", ..., "vit.blocks.5"]`` to stop half way.

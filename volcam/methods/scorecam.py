@@ -49,7 +49,7 @@ class ScoreCAM(BaseCAM):
     Args:
         batch_size: masked inputs per forward pass; None (default): chosen by the input's
             device, 1 on the CPU (faster than batches there), 16 on a GPU.
-        (others as :class:`~volcam.methods.base.BaseCAM`)
+        **kwargs: the other arguments of :class:`~volcam.methods.base.BaseCAM`.
     """
 
     name = "scorecam"

@@ -6,6 +6,7 @@ a ground-truth label or the model's prediction), with one to three spatial axes,
 returns one value per sample, ``[B]``, on the input's device. Nothing loops over the batch.
 
 Metrics
+
     energy_pointing_game   fraction of the map's energy (sum of its values) inside the mask
                            (Wang et al. 2020, "Score-CAM", energy-based pointing game).
     pointing_game          whether the hottest voxel lies in the mask (Zhang et al. 2018),

@@ -94,10 +94,10 @@ def load_case(case: Case, pre: Any, spatial_dims: int, *, need_label: bool = Fal
     """Load and preprocess one case; raise a volcam error that says what is wrong with it.
 
     Returns:
-        ``{"image": MetaTensor [C, *S] (network grid), "label": ... or absent,
-        "source": MetaTensor [C, *S_src] (the scan as loaded, with its affine),
-        "source_label": the label as loaded (if any), "raster": whether the image is a 2D
-        raster (PNG, ...)}``.
+        dict: ``"image"``, a MetaTensor ``[C, *S]`` on the network's grid; ``"label"`` (absent
+        without a label); ``"source"``, a MetaTensor ``[C, *S_src]``: the scan as loaded, with
+        its affine; ``"source_label"``, the label as loaded (if any); ``"raster"``, whether the
+        image is a 2D raster (PNG, ...).
     """
     loading, rest = _split_loading(pre)
     if case.series is not None:
