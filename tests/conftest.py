@@ -25,3 +25,11 @@ def device(request):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def trained_networks(tmp_path_factory):
+    """UNet, SegResNet and DynUNet trained briefly on the demo's data (see tests/trained.py)."""
+    from trained import train_networks
+
+    return train_networks(tmp_path_factory.mktemp("trained"))

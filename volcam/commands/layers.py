@@ -28,23 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def example_input(config, size=None):
-    """A zero input ``[1, C, *S]`` for the config's network (C from network_def.in_channels)."""
-    import torch
-
-    from volcam.errors import ConfigError
-
-    dims = config.spatial_dims
-    size = size or config["input_size"] or config["sliding_window.roi_size"] or [64] * dims
-    if len(size) == 1:
-        size = list(size) * dims
-    if len(size) != dims:
-        raise ConfigError(
-            f"--input-size must have {dims} entries (one per spatial axis), not {list(size)}", key="input_size"
-        )
-    net = config.parser.get("network_def") or {}
-    channels = net.get("in_channels", 1) if isinstance(net, dict) else 1
-    channels = channels if isinstance(channels, int) else int(config.parsed("network_def.in_channels"))
-    return torch.zeros(1, channels, *size)
+    """A zero input ``[1, C, *S]`` for the config's network (see :meth:`RunConfig.example_input`)."""
+    return config.example_input(size)
 
 
 def main(args: argparse.Namespace) -> int:

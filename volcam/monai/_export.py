@@ -136,7 +136,7 @@ def write_case(
 
     from volcam.run.cases import Case
     from volcam.run.export import CaseExporter
-    from volcam.run.runner import CaseOutput, ClassOutput
+    from volcam.run.outcome import CaseOutput, ClassOutput
 
     outline = None if src.label is None else _foreground(src.label)
     classes = [

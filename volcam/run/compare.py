@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,8 +194,9 @@ def _layers(runner: Any, x: torch.Tensor, options: CompareOptions) -> list[tuple
 
 
 def _fraction(heat: torch.Tensor, region: torch.Tensor) -> float:
+    """The share of the heat inside ``region``; 0 for an empty map (it points nowhere)."""
     total = float(heat.sum())
-    return float((heat * region).sum()) / total if total > 0 else float("nan")
+    return float((heat * region).sum()) / total if total > 0 else 0.0
 
 
 def _randomised(model: torch.nn.Module, x: torch.Tensor, seed: int) -> torch.nn.Module:
@@ -209,7 +211,6 @@ def _randomised(model: torch.nn.Module, x: torch.Tensor, seed: int) -> torch.nn.
 
 
 def _maps(model: Any, x: torch.Tensor, layer: str, methods: list[str], target: Any, config: RunConfig) -> Any:
-    import warnings
 
     from volcam.methods.shared import explain_methods
 
@@ -250,6 +251,7 @@ def compare(
         f"{len(layers)} layer(s): {', '.join(name for name, _ in layers)}"
     )
     result = Comparison(out)
+    weak = 0  # maps whose deletion/insertion baseline barely changes the score
     montage: dict[tuple[str, str], torch.Tensor] = {}
     for index, (case, data) in enumerate(cases):
         x = data["image"].as_tensor()[None].float().to(runner.device)
@@ -294,16 +296,19 @@ def compare(
                         "peak_mb": peak / 2**20,
                     }
                     if float(heat.max()) > 0:
-                        curves = faithfulness(
-                            runner.model,
-                            x,
-                            heat,
-                            target,
-                            steps=options.steps,
-                            batch_size=options.batch_size,
-                            model_output=config.cam.model_output,
-                            generator=torch.Generator().manual_seed(options.seed),
-                        )
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always")
+                            curves = faithfulness(
+                                runner.model,
+                                x,
+                                heat,
+                                target,
+                                steps=options.steps,
+                                batch_size=options.batch_size,
+                                model_output=config.cam.model_output,
+                                generator=torch.Generator().manual_seed(options.seed),
+                            )
+                        weak += any("baseline image is weak" in str(w.message) for w in caught)
                         row["deletion_auc"] = float(curves["deletion"].auc[0])
                         row["insertion_auc"] = float(curves["insertion"].auc[0])
                     if random_maps is not None:
@@ -312,6 +317,11 @@ def compare(
                     if index == 0 and c == runner.classes[0]:
                         montage[(method, layer)] = heat[0, 0].detach().cpu()
         say(f"  {case.id}: done in {time.perf_counter() - started:.0f} s")
+    if weak:
+        warn(
+            f"volcam compare: for {weak} map(s) the blurred baseline of the deletion and insertion curves removes "
+            "less than half of the score: their AUCs are rescaled by a small difference (compare them with care)"
+        )
     result.means = _means(result.rows, methods, layers)
     result.recommendation, result.reason = _recommend(result.means)
     _write(result, cases[0], runner, methods, layers, montage)

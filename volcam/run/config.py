@@ -140,6 +140,30 @@ class RunConfig:
     def with_output_dir(self, folder: str | os.PathLike[str]) -> RunConfig:
         return replace(self, outputs=replace(self.outputs, dir=str(folder)))
 
+    def with_layers(self, layers: Sequence[str]) -> RunConfig:
+        """The same config with ``cam.target_layers`` set (the default layer, once chosen)."""
+        return replace(self, cam=replace(self.cam, target_layers=tuple(layers)))
+
+    def example_input(self, size: Sequence[int] | None = None) -> Any:
+        """A zero input ``[1, C, *S]`` for the network: C from ``network_def.in_channels``; S from
+        ``size``, else ``input_size``, else ``sliding_window.roi_size``, else 64 per axis."""
+        import torch
+
+        dims = self.spatial_dims
+        shape = list(size or self.input_size or self.sliding.roi_size or [64] * dims)
+        if len(shape) == 1:
+            shape = shape * dims
+        if len(shape) != dims:
+            raise ConfigError(
+                f"--input-size must have {dims} entries (one per spatial axis), not {shape}", key="input_size"
+            )
+        channels = self.in_channels
+        if channels is None:
+            net = self.parser.get("network_def") or {}
+            given = net.get("in_channels") if isinstance(net, Mapping) else None
+            channels = int(self.parsed("network_def.in_channels")) if given is not None else 1
+        return torch.zeros(1, channels, *shape)
+
     def map_sections(self) -> dict[str, Any]:
         """The raw entries that affect the maps (after overrides), for the case records."""
         return {k: self.raw.get(k) for k in MAP_SECTIONS}
@@ -464,7 +488,7 @@ def load_config(
         input_size=None if input_size is None else int_list(input_size, "input_size", dims),
         python_path=tuple(dict.fromkeys(folders)),
         config_dir=str(plain("config_dir")),
-        cam=CamSettings.from_raw(sections["cam"], layers_required=nnunet is None),
+        cam=CamSettings.from_raw(sections["cam"]),
         targets=TargetSettings.from_raw(sections["targets"]),
         sliding=SlidingSettings.from_raw(sections["sliding_window"], dims),
         data=DataSettings.from_raw(sections["data"]),

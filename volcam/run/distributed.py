@@ -239,7 +239,7 @@ def run(
     import torch.distributed as dist
 
     from volcam.run.config import RunConfig, load_config
-    from volcam.run.loop import CaseWriter, run_cases
+    from volcam.run.loop import CaseWriter, chosen_note, run_cases
     from volcam.run.outdir import OutputFolder
     from volcam.run.plan import check_names, plan_cases
     from volcam.run.provenance import map_provenance
@@ -274,7 +274,7 @@ def run(
         try:
             reporter.announce()
             runner = make_runner(config)  # every rank, in parallel
-            maps = map_provenance(config, device=runner.device, checkpoint=runner.checkpoint_record())
+            maps = map_provenance(runner.config, device=runner.device, checkpoint=runner.checkpoint_record())
             # rank 0 lists the cases and plans the run: one answer for every rank
             plan: list[Any] = [None]
             if lead:
@@ -313,7 +313,7 @@ def run(
                     say(
                         f"volcam run: {len(cases)} case(s) over {world} processes "
                         f"({'nccl, one GPU each' if device.type == 'cuda' else 'gloo, cpu'}), "
-                        f"{config.cam.method} on {runner.layer_names}, classes {runner.classes}, "
+                        f"{config.cam.method} on {runner.layer_names}{chosen_note(runner)}, classes {runner.classes}, "
                         f"{how}, outputs in {folder.root}"
                     )
                 from tqdm.auto import tqdm

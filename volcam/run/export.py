@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from volcam.run.outcome import CaseOutput, ClassOutput
 from volcam.run.outputs import OutputSettings
-from volcam.run.runner import CaseOutput, ClassOutput
 
 __all__ = ["CaseExporter", "display_image"]
 

@@ -272,9 +272,16 @@ def _start_line(
         how = "nnU-Net's sliding window"
     ckpt = "none (initial weights)" if checkpoint is None else f"{checkpoint['path']} ({checkpoint['blake2b'][:12]})"
     return (
-        f"volcam run: {len(cases)} case(s), {config.cam.method} on {runner.layer_names}, classes {runner.classes}, "
-        f"{how}, device {runner.device}, checkpoint {ckpt}, outputs in {folder.root}"
+        f"volcam run: {len(cases)} case(s), {config.cam.method} on {runner.layer_names}{chosen_note(runner)}, "
+        f"classes {runner.classes}, {how}, device {runner.device}, checkpoint {ckpt}, outputs in {folder.root}"
     )
+
+
+def chosen_note(runner: Any) -> str:
+    """`` (chosen: ...)`` when the config names no target layer."""
+    if not getattr(runner, "chosen", ""):
+        return ""
+    return f" (chosen: {runner.chosen}; cam.target_layers sets another)"
 
 
 def run(
@@ -327,7 +334,7 @@ def run(
         say(f"volcam run: left out of the dataset: {cases.summary()}")
     runner = make_runner(config)
     checkpoint = runner.checkpoint_record()
-    maps = map_provenance(config, device=runner.device, checkpoint=checkpoint)
+    maps = map_provenance(runner.config, device=runner.device, checkpoint=checkpoint)
     results: dict[int, CaseResult] = {}
     interrupted: int | None = None
     error = ""

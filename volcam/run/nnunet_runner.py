@@ -31,7 +31,7 @@ import torch
 
 from volcam.errors import ConfigError
 from volcam.run.cases import Case, Listing
-from volcam.run.runner import CaseOutput, ClassOutput
+from volcam.run.outcome import CaseOutput, ClassOutput
 
 __all__ = ["NNUNET_SETTINGS", "NnUNetRunner", "nnunet_cases"]
 
@@ -134,8 +134,11 @@ class NnUNetRunner:
         self.infos = infos
         self.all_classes = list(self.model.classes)
         self.targets = config.targets
-        layers = list(config.cam.target_layers) or [self.model.default_layer()]
-        self.layers = [self.model.resolve_layer(n) for n in layers]
+        self.chosen = ""
+        if not config.cam.target_layers:
+            self.config = config = config.with_layers([self.model.default_layer()])
+            self.chosen = "nnU-Net's decoder stage before the last"
+        self.layers = [self.model.resolve_layer(n) for n in config.cam.target_layers]
         self.layer_names = ";".join(self.layers)
         from monai.transforms import Compose
 

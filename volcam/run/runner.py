@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,46 +24,9 @@ from volcam.errors import ConfigError, EmptyMapWarning, EmptyTargetWarning, Shap
 from volcam.geometry import voxel_to_world, voxel_volume_ml
 from volcam.run.cases import Case, label_region
 from volcam.run.config import RunConfig
+from volcam.run.outcome import CaseOutput, ClassOutput
 
 __all__ = ["Runner", "CaseOutput", "ClassOutput", "make_runner", "network_divisor"]
-
-
-@dataclass
-class ClassOutput:
-    """One class of one case.
-
-    Attributes:
-        category: the output channel.
-        name: its file-safe name.
-        heat: ``MetaTensor [1, *S_src]`` float32 on the CPU, on the scan's own grid (in [0, 1]
-            unless ``outputs.raw_heat``).
-        prediction: ``[*S_src]`` bool, the region the network predicts as the class, on the
-            scan's grid.
-        row: the summary row (statistics; the output files are added by the exporter).
-    """
-
-    category: int
-    name: str
-    heat: Any
-    prediction: torch.Tensor
-    row: dict[str, Any]
-
-
-@dataclass
-class CaseOutput:
-    """Everything computed for one case; see :class:`ClassOutput`.
-
-    Attributes:
-        source: ``MetaTensor [C, *S_src]`` the scan as loaded.
-        label: ``[L, *S_src]`` the case's label as loaded, or None.
-        raster: whether the scan is a 2D raster image (pixel layout, no orientation).
-    """
-
-    case: Case
-    source: Any
-    label: torch.Tensor | None
-    raster: bool
-    classes: list[ClassOutput] = field(default_factory=list)
 
 
 def _prod(values: Any) -> int:
@@ -121,6 +83,14 @@ class Runner:
         self.sliding = config.sliding
         self.pre = config.build_preprocessing()
         self.model = config.build_network().to(self.device)
+        #: why the target layer is the one it is, when the config names none (see volcam.run.defaults)
+        self.chosen = ""
+        if not config.cam.target_layers:
+            from volcam.run.defaults import choose_layer
+
+            layer = choose_layer(self.model, config.example_input().to(self.device), config.out_channels)
+            self.config = config = config.with_layers([layer.name])
+            self.chosen = layer.reason
         self.cam = config.build_cam(self.model, normalize=not config.outputs.raw_heat)
         self.in_channels = config.in_channels
         self.out_channels = config.out_channels

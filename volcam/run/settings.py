@@ -115,7 +115,8 @@ def _selector(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class CamSettings:
-    """``cam``: the method, its target layers and selectors."""
+    """``cam``: the method, its target layers and selectors (no layers: the default layer,
+    chosen by :func:`volcam.run.defaults.choose_layer` once the network is built)."""
 
     method: str
     target_layers: tuple[str, ...]
@@ -125,7 +126,7 @@ class CamSettings:
     method_args: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_raw(cls, raw: Mapping[str, Any], *, layers_required: bool = True) -> CamSettings:
+    def from_raw(cls, raw: Mapping[str, Any]) -> CamSettings:
         s = dict(raw)
         if not isinstance(s["method"], str) or not s["method"]:
             raise ConfigError(f"cam.method must be a method name, not {_show(s['method'])}", key="cam.method")
@@ -139,14 +140,8 @@ class CamSettings:
                 key="cam.method",
             ) from err
         layers = s["target_layers"]
-        if (layers is None or layers == [] or layers == "") and not layers_required:
-            layers = []
-        elif layers is None or layers == [] or layers == "":
-            raise ConfigError(
-                "cam.target_layers is required (a dotted module name or a list of them; "
-                "`volcam layers CONFIG` lists the candidates)",
-                key="cam.target_layers",
-            )
+        if layers is None or layers == [] or layers == "":
+            layers = []  # chosen when the network is built (volcam.run.defaults)
         if isinstance(layers, str):
             layers = [layers]
         if not (isinstance(layers, (list, tuple)) and all(isinstance(x, str) for x in layers)):
