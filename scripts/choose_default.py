@@ -133,7 +133,23 @@ def layer_of_rule(rule: str, layers: list[dict]) -> str | None:
     return decoders[-2] if len(decoders) > 1 else (decoders[-1] if decoders else None)
 
 
-def measure(key: str, work: Path, data_json: dict[int, Path], steps: int, cases: int) -> dict:
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a ``compare.csv`` with numbers and yes/no read back."""
+    import csv
+
+    def value(v: str):
+        if v in ("yes", "no"):
+            return v == "yes"
+        try:
+            return float(v)
+        except ValueError:
+            return v if v else None
+
+    with open(path) as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def measure(key: str, work: Path, data_json: dict[int, Path], steps: int, cases: int, reuse: bool) -> dict:
     from volcam.config import load_config
     from volcam.layers import candidate_layers
     from volcam.run.compare import CompareOptions, compare
@@ -146,21 +162,36 @@ def measure(key: str, work: Path, data_json: dict[int, Path], steps: int, cases:
     cfg["cam"] = {"method": "hirescam", "target_layers": "unused"}  # compare chooses its own layers
     config = load_config(cfg)
     start = time.perf_counter()
-    model, seconds, done = train(config, data_json[classes], steps=steps, seed=0)
     checkpoint = root / "model.pt"
-    torch.save(model.state_dict(), checkpoint)
+    trained = root / "train.json"
+    if reuse and checkpoint.is_file() and trained.is_file():  # an earlier run of this script trained it
+        model = config.build_network(load_weights=False)
+        model.load_state_dict(torch.load(checkpoint, weights_only=True))
+        model.eval()
+        info = json.loads(trained.read_text())
+        seconds, done = info["seconds"], info["steps"]
+    else:
+        model, seconds, done = train(config, data_json[classes], steps=steps, seed=0)
+        torch.save(model.state_dict(), checkpoint)
+        trained.write_text(json.dumps({"seconds": seconds, "steps": done}))
     cfg["checkpoint"] = str(checkpoint)
     dice = held_out_dice(model, config, data_json[classes])
     print(f"{title}: trained {done} steps in {seconds:.0f} s, held-out Dice {dice}", flush=True)
     x = torch.zeros(1, 1, 40, 40, 32)
     found = [{"name": c.name, "role": c.role, "shape": list(c.output_shape)} for c in candidate_layers(model, x)]
     cfg["cam"]["target_layers"] = found[0]["name"]
-    comparison = compare(
-        load_config(cfg),
-        CompareOptions(output=str(root / "compare"), cases=cases, steps=10),
-        say=lambda line: print("  " + line, flush=True),
-        warn=lambda line: print("  " + line, flush=True),
-    )
+    done_before = root / "compare" / "summary.json"
+    if reuse and done_before.is_file() and (root / "compare" / "compare.csv").is_file():
+        summary = json.loads(done_before.read_text())
+        means, rows, reason = summary["means"], _read_rows(root / "compare" / "compare.csv"), summary["reason"]
+    else:
+        comparison = compare(
+            load_config(cfg),
+            CompareOptions(output=str(root / "compare"), cases=cases, steps=10),
+            say=lambda line: print("  " + line, flush=True),
+            warn=lambda line: print("  " + line, flush=True),
+        )
+        means, rows, reason = comparison.means, comparison.rows, comparison.reason
     return {
         "network": key,
         "title": title,
@@ -170,9 +201,9 @@ def measure(key: str, work: Path, data_json: dict[int, Path], steps: int, cases:
         "train_seconds": round(seconds, 1),
         "dice": {str(k): round(v, 3) for k, v in dice.items()},
         "layers": found,
-        "means": comparison.means,
-        "rows": comparison.rows,
-        "recommendation": comparison.reason,
+        "means": means,
+        "rows": rows,
+        "recommendation": reason,
         "montage": str(root / "compare" / "plots" / "montage.png"),
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -243,13 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=4, help="held-out cases compared per network")
     parser.add_argument("--results", default=str(ROOT / "scripts" / "results" / "choose-default-cpu"))
     parser.add_argument("--figures", default=None, help="folder to copy each network's montage to")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the checkpoints and comparisons an earlier run left in --work"
+    )
     args = parser.parse_args(argv)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    three = make_dataset(work / "data", n_train=16, n_test=args.cases, seed=0)
-    data_json = {3: three, 2: merged_labels(work / "data")}
-    results = [measure(key, work, data_json, args.steps, args.cases) for key in args.networks]
+    three = work / "data" / "dataset.json"
+    if not (args.reuse and three.is_file()):
+        three = make_dataset(work / "data", n_train=16, n_test=args.cases, seed=0)
+    binary = work / "data_binary" / "dataset.json"
+    data_json = {3: three, 2: binary if args.reuse and binary.is_file() else merged_labels(work / "data")}
+    results = [measure(key, work, data_json, args.steps, args.cases, args.reuse) for key in args.networks]
     ranking = rank_rules(results)
     machine = (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -371,6 +371,8 @@ def run_config(content: dict) -> dict:
     from volcam.run.schema import SECTIONS
 
     merged = copy.deepcopy(BASE_CONFIG)
+    if "nnunet" in content:  # an nnU-Net results folder replaces the network and its checkpoint
+        del merged["network_def"], merged["checkpoint"]
     for key, value in content.items():
         if key in SECTIONS and key != "data" and isinstance(value, dict):
             merged[key] = {**merged.get(key, {}), **value}

@@ -84,3 +84,45 @@ def test_no_import_cycle_inside_volcam():
 def test_the_loops_do_not_import_each_other():
     graph = import_graph()
     assert "volcam.run.distributed" not in graph["volcam.run.loop"]
+
+
+#: the engine and what it builds on: none of them imports the layers above
+ENGINE = (
+    "volcam.errors",
+    "volcam.checks",
+    "volcam.layers",
+    "volcam.selectors",
+    "volcam.targets",
+    "volcam.capture",
+    "volcam.result",
+    "volcam.pca",
+    "volcam.diagnostics",
+    "volcam.postprocess",
+    "volcam.smoothing",
+    "volcam.sliding",
+    "volcam.transformers",
+    "volcam.methods",
+)
+ABOVE = (
+    "volcam.io",
+    "volcam.figures",
+    "volcam.metrics",
+    "volcam.monai",
+    "volcam.run",
+    "volcam.pipeline",
+    "volcam.config",
+    "volcam.distributed",
+    "volcam.commands",
+    "volcam.cli",
+    "volcam.demo",
+    "volcam.nnunet",
+)
+
+
+def test_the_engine_imports_no_layer_above_it():
+    graph = import_graph()
+    engine = [m for m in graph if m.startswith(ENGINE)]
+    assert "volcam.methods.gradcam" in engine and "volcam.methods.base" in graph["volcam.methods.gradcam"]
+    for module in engine:
+        wrong = sorted(i for i in graph[module] if i.startswith(ABOVE))
+        assert not wrong, f"{module} imports {wrong}"

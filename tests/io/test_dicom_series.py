@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -161,14 +159,3 @@ def test_case_name_without_any_part_is_still_unique():
     a = dicom.case_name(_series(patient_id="", study_date="", number=None))
     b = dicom.case_name(_series(patient_id="", study_date="", number=None, uid="9.9"))
     assert a.startswith("series_") and b.startswith("series_") and a != b
-
-
-def test_volcam_io_loads_the_dicom_modules_only_when_a_dicom_name_is_used():
-    code = (
-        "import sys, volcam.io\n"
-        "assert 'highdicom' not in sys.modules and 'volcam.io.dicom' not in sys.modules\n"
-        "assert volcam.io.find_series is volcam.io.dicom.find_series\n"
-        "assert 'volcam.io.dicom' in sys.modules\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr

@@ -97,7 +97,7 @@ def test_overrides_apply_and_create_missing_sections():
         (["outputs.axes=[axail]"], "outputs.axes", "did you mean 'axial'"),
         (["outputs.figure=mosiac"], "outputs.figure", "did you mean 'mosaic'"),
         (["outputs.window=[5, 1]"], "outputs.window", "low < high"),
-        (["cam.target_layers=null"], "cam.target_layers", "volcam layers CONFIG"),
+        (["cam.target_layers=7"], "cam.target_layers", "a dotted module name or a list of them"),
         (["spatial_dims=4"], "spatial_dims", "spatial_dims must be 2 or 3, not 4"),
         (["device=tpu"], "device", "device must be"),
         (["outputs.pngs=yes please"], "outputs.pngs", "true or false"),

@@ -10,8 +10,9 @@ from typing import Any
 
 from volcam.checks import did_you_mean
 from volcam.errors import ConfigError
+from volcam.run.schema import NO_CHECKPOINT
 
-__all__ = ["extract_state_dict", "load_checkpoint", "file_digest"]
+__all__ = ["extract_state_dict", "load_checkpoint", "file_digest", "checkpoint_path"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "network", "net", "module")
 
@@ -119,3 +120,19 @@ def load_checkpoint(model: Any, path: str | Path, *, key: str | None = None, str
             f"checkpoint must hold weights for network_def, not those in '{path}': {err}",
             key="checkpoint",
         ) from err
+
+
+def checkpoint_path(value: Any, given: bool) -> str | None:
+    """The ``checkpoint`` entry: a path, or None for ``none`` (the initial weights); leaving it out
+    is an error, so that a typo never explains random weights."""
+    if not given:
+        raise ConfigError(
+            "checkpoint is required: the path of the trained weights, or `checkpoint: none` to explain the "
+            "network's initial (untrained) weights",
+            key="checkpoint",
+        )
+    if value is None or (isinstance(value, str) and value.strip().lower() == NO_CHECKPOINT):
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"checkpoint must be a path or none, not {value!r}", key="checkpoint")
+    return str(value)

@@ -34,10 +34,11 @@ from typing import Any
 
 from volcam.checks import did_you_mean
 from volcam.errors import ConfigError
+from volcam.run.checkpoint import checkpoint_path
 from volcam.run.no_eval import check_no_eval
 from volcam.run.outputs import OutputSettings
 from volcam.run.overrides import apply_overrides, id_to_key, parse_override, resolve_device
-from volcam.run.schema import MAP_SECTIONS, NO_CHECKPOINT, SECTIONS, TOP_LEVEL
+from volcam.run.schema import MAP_SECTIONS, SECTIONS, TOP_LEVEL
 from volcam.run.settings import (
     CamSettings,
     DataSettings,
@@ -324,57 +325,6 @@ def _read(source: Any) -> tuple[dict[str, Any], Path | None]:
     return dict(content), path
 
 
-def _nnunet_section(raw: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The ``nnunet`` section with its defaults, or None; it replaces network_def, checkpoint and
-    preprocessing, which must then be left out."""
-    section = raw.get("nnunet")
-    if section is None:
-        return None
-    from volcam.run.nnunet_runner import NNUNET_SETTINGS
-
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"nnunet must be a mapping (folder, folds, checkpoint, ...), not {section!r}", key="nnunet")
-    for k in section:
-        if k not in NNUNET_SETTINGS:
-            raise ConfigError(
-                f"nnunet.{k} is not a setting of nnunet (settings: {', '.join(NNUNET_SETTINGS)})"
-                f"{did_you_mean(k, NNUNET_SETTINGS)}",
-                key=f"nnunet.{k}",
-            )
-    both = [k for k in ("network_def", "checkpoint", "preprocessing") if raw.get(k)]
-    if both:
-        raise ConfigError(
-            f"{both[0]} must be left out with an nnunet section (the results folder holds the network, its "
-            "weights and its preprocessing), not given",
-            key=both[0],
-        )
-    sliding = raw.get("sliding_window") or {}
-    if isinstance(sliding, Mapping) and sliding.get("roi_size"):
-        raise ConfigError(
-            "sliding_window must be left out with an nnunet section (nnU-Net's own patch size, tile step and "
-            "Gaussian weighting are used: nnunet.tile_step_size), not given",
-            key="sliding_window.roi_size",
-        )
-    outputs = raw.get("outputs") or {}
-    if isinstance(outputs, Mapping) and outputs.get("raw_heat"):
-        raise ConfigError(
-            "outputs.raw_heat must be false with an nnunet section (heat is stitched over windows, views and "
-            "folds and normalised once on the scan's grid), not true",
-            key="outputs.raw_heat",
-        )
-    data = raw.get("data") or {}
-    other = [k for k in ("files", "dataset_json", "dicom") if isinstance(data, Mapping) and data.get(k)]
-    if other:
-        raise ConfigError(
-            f"data.{other[0]} must be left out with an nnunet section (cases are data.folder in nnU-Net's naming, "
-            "case_0000.nii.gz, with data.label_folder), not given",
-            key=f"data.{other[0]}",
-        )
-    if section.get("folder") is None and section.get("dataset") is None:
-        raise ConfigError("nnunet.folder is required (the results folder), or nnunet.dataset", key="nnunet.folder")
-    return {**NNUNET_SETTINGS, **dict(section)}
-
-
 def _spatial_dims(value: Any, raw: Mapping[str, Any]) -> int:
     dims = value
     if dims is None:
@@ -384,20 +334,6 @@ def _spatial_dims(value: Any, raw: Mapping[str, Any]) -> int:
     if dims not in (2, 3):
         raise ConfigError(f"spatial_dims must be 2 or 3, not {dims!r}", key="spatial_dims")
     return int(dims)
-
-
-def _checkpoint(value: Any, given: bool, base: Path) -> str | None:
-    if not given:
-        raise ConfigError(
-            "checkpoint is required: the path of the trained weights, or `checkpoint: none` to explain the "
-            "network's initial (untrained) weights",
-            key="checkpoint",
-        )
-    if value is None or (isinstance(value, str) and value.strip().lower() == NO_CHECKPOINT):
-        return None
-    if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise ConfigError(f"checkpoint must be a path or none, not {value!r}", key="checkpoint")
-    return str(value)
 
 
 def load_config(
@@ -434,7 +370,11 @@ def load_config(
     if not allow_eval:
         check_no_eval(raw)  # values given by --override too
 
-    nnunet = _nnunet_section(raw)
+    nnunet = None
+    if raw.get("nnunet") is not None:
+        from volcam.run.nnunet_runner import nnunet_section
+
+        nnunet = nnunet_section(raw)
     if raw.get("network_def") is None and nnunet is None:
         raise ConfigError(
             "network_def is required (a _target_ mapping building the network, or an nnunet section naming a "
@@ -481,7 +421,7 @@ def load_config(
     return RunConfig(
         parser=parser,
         path=path,
-        checkpoint=None if nnunet is not None else _checkpoint(plain("checkpoint"), "checkpoint" in raw, base),
+        checkpoint=None if nnunet is not None else checkpoint_path(plain("checkpoint"), "checkpoint" in raw),
         checkpoint_key=plain("checkpoint_key"),
         device_name=device,
         spatial_dims=dims,

@@ -29,11 +29,12 @@ from typing import Any
 
 import torch
 
+from volcam.checks import did_you_mean
 from volcam.errors import ConfigError
 from volcam.run.cases import Case, Listing
 from volcam.run.outcome import CaseOutput, ClassOutput
 
-__all__ = ["NNUNET_SETTINGS", "NnUNetRunner", "nnunet_cases"]
+__all__ = ["NNUNET_SETTINGS", "NnUNetRunner", "nnunet_cases", "nnunet_section"]
 
 #: the settings of the ``nnunet`` section and their defaults
 NNUNET_SETTINGS: dict[str, Any] = {
@@ -48,6 +49,53 @@ NNUNET_SETTINGS: dict[str, Any] = {
     "use_mirroring": True,
     "tile_step_size": 0.5,
 }
+
+
+def nnunet_section(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``nnunet`` section of a raw config with its defaults; it replaces network_def, checkpoint and
+    preprocessing, which must then be left out."""
+    section = raw.get("nnunet")
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"nnunet must be a mapping (folder, folds, checkpoint, ...), not {section!r}", key="nnunet")
+    for k in section:
+        if k not in NNUNET_SETTINGS:
+            raise ConfigError(
+                f"nnunet.{k} is not a setting of nnunet (settings: {', '.join(NNUNET_SETTINGS)})"
+                f"{did_you_mean(k, NNUNET_SETTINGS)}",
+                key=f"nnunet.{k}",
+            )
+    both = [k for k in ("network_def", "checkpoint", "preprocessing") if raw.get(k)]
+    if both:
+        raise ConfigError(
+            f"{both[0]} must be left out with an nnunet section (the results folder holds the network, its "
+            "weights and its preprocessing), not given",
+            key=both[0],
+        )
+    sliding = raw.get("sliding_window") or {}
+    if isinstance(sliding, Mapping) and sliding.get("roi_size"):
+        raise ConfigError(
+            "sliding_window must be left out with an nnunet section (nnU-Net's own patch size, tile step and "
+            "Gaussian weighting are used: nnunet.tile_step_size), not given",
+            key="sliding_window.roi_size",
+        )
+    outputs = raw.get("outputs") or {}
+    if isinstance(outputs, Mapping) and outputs.get("raw_heat"):
+        raise ConfigError(
+            "outputs.raw_heat must be false with an nnunet section (heat is stitched over windows, views and "
+            "folds and normalised once on the scan's grid), not true",
+            key="outputs.raw_heat",
+        )
+    data = raw.get("data") or {}
+    other = [k for k in ("files", "dataset_json", "dicom") if isinstance(data, Mapping) and data.get(k)]
+    if other:
+        raise ConfigError(
+            f"data.{other[0]} must be left out with an nnunet section (cases are data.folder in nnU-Net's naming, "
+            "case_0000.nii.gz, with data.label_folder), not given",
+            key=f"data.{other[0]}",
+        )
+    if section.get("folder") is None and section.get("dataset") is None:
+        raise ConfigError("nnunet.folder is required (the results folder), or nnunet.dataset", key="nnunet.folder")
+    return {**NNUNET_SETTINGS, **dict(section)}
 
 
 def _load(config: Any) -> Any:
