@@ -319,7 +319,7 @@ def write_viewer(
                 f.write(p)
 
     out = atomic_write(path, write)
-    logger.info(
+    logger.debug(
         "viewer %s: %.1f MB, grid %s (factors %s), %.2f s",
         out,
         size / 1e6,

@@ -301,7 +301,8 @@ def _note(note: Any) -> str:
     """A summary note from the engine's reason for an all-zero map."""
     if note.reason == "empty_target":
         return "empty target: the network predicts no voxel of this class (the map is all zero)"
-    return str(note.message)
+    why = str(note.message).partition("is empty (all zero): ")[2]
+    return f"empty map: {why}" if why else str(note.message)
 
 
 def _pass_on(caught: list[warnings.WarningMessage]) -> None:

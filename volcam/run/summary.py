@@ -174,7 +174,7 @@ def format_row(row: dict[str, Any]) -> str:
     """One class of a case, for the per-case log line."""
     parts = [f"{row['class_name']}: {row['predicted_voxels']} vox"]
     if row.get("note"):
-        parts.append(str(row["note"]).split(":")[0])
+        parts.append(str(row["note"]).split(";")[0])  # the reason; the summary has what to try
     if row.get("peak_x") not in (None, ""):
         parts.append(f"peak ({row['peak_x']:.1f}, {row['peak_y']:.1f}, {row['peak_z']:.1f}) mm")
     for key, where in (("energy_in_prediction", "prediction"), ("energy_in_label", "label")):
