@@ -33,6 +33,7 @@ Examples::
     python scripts/benchmark.py --out bench-quick              # quick CPU run (small sizes)
     python scripts/benchmark.py --full --devices cpu --out bench-cpu
     python scripts/benchmark.py --devices cuda --sliding --out bench-gpu
+    python scripts/benchmark.py --classes --quick --out bench-classes   # K classes per call (see benchmark_classes.py)
 
 Writes ``benchmark.json`` and ``benchmark.md`` to ``--out`` and prints the tables.
 """
@@ -1445,6 +1446,14 @@ def render(paths: list[Path], out: Path | None) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--classes"]:
+        # several targets per call, several methods per pass, sliding windows of K classes:
+        # scripts/benchmark_classes.py (run in fresh processes, with its own options)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import benchmark_classes
+
+        return benchmark_classes.main(argv[1:])
     args = parse_args(argv)
     if args.render:
         return render(args.render, args.out)

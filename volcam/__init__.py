@@ -3,6 +3,8 @@
     import volcam
     cam = volcam.GradCAM(model, target_layers="model.2.0.conv")
     heat = cam(x, targets=volcam.SegmentationTarget(category=1))   # [B, 1, *S] in [0, 1]
+    res = cam.explain_classes(x, [1, 2, 3])                        # res.heat [B, 3, *S], one forward pass
+    maps = volcam.explain_methods(model, x, "model.2.0.conv", targets=1)   # every gradient method, one pass
 
 The engine and methods are imported here; the edges (``volcam.io``, ``volcam.figures``,
 ``volcam.monai``, ``volcam.metrics``) are imported on demand and pull in nibabel,

@@ -94,10 +94,9 @@ def merge_views(parts: list[Evidence], views: int, batch: int) -> Evidence:
                 out.append(fold(torch.cat([i for i in items if i is not None]), how))
         return out
 
-    empty = fold(torch.cat([p.empty_target for p in parts]), "all")
-    assert empty is not None
+    empty = torch.cat([p.empty_target for p in parts])
     return Evidence(
-        empty_target=empty,
+        empty_target=empty.reshape(-1, batch, *empty.shape[1:]).all(0),
         nonfinite_input=sum((p.nonfinite_input for p in parts), torch.zeros((), dtype=torch.long)),
         nonfinite_output=sum((p.nonfinite_output for p in parts), torch.zeros((), dtype=torch.long)),
         layers=parts[0].layers,
@@ -112,7 +111,8 @@ def read_evidence(evidence: Evidence, heat: torch.Tensor) -> Findings:
     the host, in one transfer."""
     batch, targets = heat.shape[:2]
     device = heat.device
-    heat_zero = heat.flatten(2).abs().amax(2) == 0
+    dims = tuple(range(2, heat.ndim))
+    heat_zero = (heat.amax(dim=dims) == 0) & (heat.amin(dim=dims) == 0)
     parts: list[torch.Tensor] = [
         evidence.nonfinite_input.to(device).reshape(1).double(),
         evidence.nonfinite_output.to(device).reshape(1).double(),

@@ -45,7 +45,7 @@ import torch
 
 from volcam.diagnostics import Evidence
 from volcam.errors import ArgumentError, TargetError
-from volcam.methods.engine import Collector, check, compute, compute_one, nonfinite
+from volcam.methods.engine import Collector, check, compute, compute_one, nonfinite, zero_rows
 from volcam.postprocess import normalize
 from volcam.result import CAMResult, LayerContext, MapNote
 from volcam.selectors import select
@@ -386,7 +386,7 @@ def _combine_whole(
         extra={"calls": {}, "call_order": [n for n, _ in cam.layers], "input_grad": None},
     )
     collector = Collector(volume_cam, batch, n_targets)
-    collector.add(activations, grads, ctx, n_targets)
+    collector.add(activations, grads, ctx, n_targets, zero_rows(grads))
     result, evidence = collector.finish(x, output, None, base)
     res = SlidingWindowCAM(heat=result.heat, output=output, layer_maps=result.layer_maps, global_weights=True)
     return res, evidence

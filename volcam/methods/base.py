@@ -291,10 +291,12 @@ class BaseCAM:
     ) -> CAMResult:
         """The maps of several targets of each sample from **one** forward pass.
 
-        The gradients of the ``T`` targets are taken together, ``class_chunk`` at a time
-        (one batched backward per chunk); perturbation methods score every target on the
-        same perturbed inputs. Each map equals the one :meth:`explain` gives for that target
-        alone (up to float rounding).
+        The forward pass runs once; its graph (from the target layers on) is kept while the
+        gradient of each target is taken by a backward pass of its own, which starts at the
+        output with the target's mask (the other targets take no part in it), and the maps
+        are formed ``class_chunk`` targets at a time. Perturbation methods score every target
+        on the same perturbed inputs. Each map equals the one :meth:`explain` gives for that
+        target alone (up to float rounding).
 
         Args:
             x: input ``[B, C, *S]``.

@@ -1,6 +1,7 @@
 """The engine's skeleton, shared by every method: one forward pass with the capture hooks,
-the targets bound to its output, the gradients of all targets (in chunks, each chunk one
-batched backward pass), the method's maps, and the checks after the computation.
+the targets bound to its output, the gradients of all targets (one backward pass each, from
+the kept graph, in chunks of targets), the method's maps, and the checks after the
+computation.
 
 Methods never copy this; they override the hooks of :class:`~volcam.methods.base.BaseCAM`.
 Several methods of the same layers can share one pass (:func:`compute` with several CAM
@@ -49,6 +50,7 @@ __all__ = [
     "check_input",
     "describe_target",
     "nonfinite",
+    "zero_rows",
 ]
 
 
@@ -74,14 +76,14 @@ class Collector:
         grads: list[torch.Tensor | None],
         ctx: LayerContext,
         targets: int,
+        zeros: list[torch.Tensor | None],
     ) -> None:
         """Maps of one chunk of ``targets`` targets (``ctx.num_targets`` is 1 for a
-        class-agnostic method, the chunk's size otherwise)."""
+        class-agnostic method, the chunk's size otherwise); ``zeros`` from :func:`zero_rows`."""
         cam, batch = self.cam, self.batch
         if cam.needs_gradients:
-            for (name, _), g in zip(cam.layers, grads):
-                if g is not None:
-                    zero = g.detach().flatten(1).abs().amax(1) == 0
+            for (name, _), zero in zip(cam.layers, zeros):
+                if zero is not None:
                     self.grad_zero.setdefault(name, []).append(zero.reshape(targets, batch))
         with torch.no_grad():
             pairs = cam.layer_maps(
@@ -129,6 +131,20 @@ class Collector:
             layer_names=names,
         )
         return result, evidence
+
+
+def zero_rows(grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Per layer, ``[N]`` bool: the rows of the gradient ``[N, ...]`` that are zero everywhere
+    (reduced in place, whatever the memory format: no copy)."""
+    with torch.no_grad():
+        out: list[torch.Tensor | None] = []
+        for g in grads:
+            if g is None:
+                out.append(None)
+                continue
+            dims = tuple(range(1, g.ndim))
+            out.append((g.amax(dim=dims) == 0) & (g.amin(dim=dims) == 0))
+        return out
 
 
 @dataclass
@@ -193,7 +209,8 @@ def compute(
         record["calls"] = calls
         record["call_order"] = list(state.calls)
         scorers = bind_targets(specs, output)
-        scores = torch.stack([as_scores(s(output), batch) for s in scorers], 1)  # [B, T]
+        with torch.no_grad():
+            scores = torch.stack([as_scores(s(output.detach()), batch) for s in scorers], 1)  # [B, T]
         base = {
             "empty_target": torch.stack([empty_rows(s, batch, x.device) for s in scorers], 1),
             "nonfinite_input": nonfinite(x),
@@ -201,7 +218,7 @@ def compute(
         }
         reached = [a for a in activations if a is not None]
         wrt = ([xin] if input_grad else []) + reached
-        if need and not scores.requires_grad:
+        if need and not output.requires_grad:
             names = [n for n, _ in lead.layers]
             raise LayerNotReachedError(
                 f"the target score does not depend on the output of target layer(s) {names}; "
@@ -218,9 +235,10 @@ def compute(
         for start in range(0, n_targets, chunk):
             stop = min(start + chunk, n_targets)
             layer_grads: list[torch.Tensor | None] = [None] * len(activations)
+            zeros: list[torch.Tensor | None] = [None] * len(activations)
             input_g = None
             if need:
-                grads = gradients(scores[:, start:stop], wrt, retain=stop < n_targets)
+                grads = gradients(output, scorers[start:stop], wrt, retain=stop < n_targets)
                 if input_grad:
                     input_g, grads = grads[0], grads[1:]
                 it = iter(grads)
@@ -233,6 +251,7 @@ def compute(
                         f"the target score does not depend on the output of target layer(s) {unused}; "
                         "choose a layer on the path to the selected model output"
                     )
+                zeros = zero_rows(layer_grads)
                 if keep_tensors:
                     for i, ((name, _), g) in enumerate(zip(lead.layers, layer_grads)):
                         if g is not None:
@@ -250,7 +269,7 @@ def compute(
                     num_targets=rows,
                     extra={**record, "input_grad": input_g},
                 )
-                collector.add(activations, layer_grads, ctx, stop - start)
+                collector.add(activations, layer_grads, ctx, stop - start, zeros)
     out = []
     detached = output.detach()
     for collector in collectors:
