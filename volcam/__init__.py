@@ -78,6 +78,8 @@ __all__ = [
     "SegmentationTarget",
     "ClassifierTarget",
     "sliding_window_cam",
+    "compare",
+    "CompareOptions",
     "VolcamError",
     "ShapeError",
     "LayerNotFoundError",
@@ -106,4 +108,9 @@ def __getattr__(name: str) -> object:
         from volcam.sliding import sliding_window_cam
 
         return sliding_window_cam
+    # volcam compare's library function builds on the run layer (MONAI transforms, metrics)
+    if name in ("compare", "CompareOptions"):
+        from volcam.run import compare as compare_module
+
+        return getattr(compare_module, name)
     raise AttributeError(f"module 'volcam' has no attribute {name!r}")

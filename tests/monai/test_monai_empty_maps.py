@@ -8,10 +8,10 @@ import warnings
 import torch
 from helpers import TinySeg
 from monai.data import MetaTensor
+from test_monai_handler import _fake_engine
 
 import volcam
 from volcam.monai import CAMd, CAMHandler
-from test_monai_handler import _fake_engine
 
 
 def positive_batch(n: int = 2) -> tuple[list[dict], list[dict]]:

@@ -222,18 +222,26 @@ def _maps(model: Any, x: torch.Tensor, layer: str, methods: list[str], target: A
 
 
 def compare(
-    config: RunConfig,
+    config: RunConfig | str | Path | dict[str, Any],
     options: CompareOptions = CompareOptions(),
     *,
     say: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> Comparison:
-    """Compare methods and layers on the config's network and data (see the module docstring)."""
+    """Compare methods and layers on the config's network and data (see the module docstring).
+
+    ``config`` is a run configuration: a :class:`RunConfig`, the path of its YAML/JSON file, or
+    the mapping itself. ``say`` and ``warn`` receive the progress lines and the warnings
+    (default: this module's logger).
+    """
     from volcam.metrics.faithfulness import faithfulness
     from volcam.metrics.similarity import body_region, spearman_in
+    from volcam.run.config import load_config
     from volcam.run.memory import peak_bytes
     from volcam.run.runner import Runner
 
+    if not isinstance(config, RunConfig):
+        config = load_config(config)
     say = say or log.info
     warn = warn or log.warning
     started = time.perf_counter()
