@@ -126,3 +126,13 @@ def test_the_engine_imports_no_layer_above_it():
     for module in engine:
         wrong = sorted(i for i in graph[module] if i.startswith(ABOVE))
         assert not wrong, f"{module} imports {wrong}"
+
+
+def test_test_modules_have_unique_names():
+    # the test folders are not packages: pytest imports each test module by its file name, so two
+    # files of one name in different folders stop the whole run at collection
+    tests = Path(__file__).parent
+    seen: dict[str, Path] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name; pytest collects only one"
+        seen[path.name] = path
