@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,51 @@ def _foreground(label: torch.Tensor) -> torch.Tensor:
     """``[1, *S]``: the labelled voxels (any class) of a label map or a one-hot label."""
     label = plain(label)
     return (label[:1] > 0) if label.shape[0] == 1 else (label[1:] > 0).any(0, keepdim=True)
+
+
+def output_settings(exports: Any, png_args: dict[str, Any], figure_args: dict[str, Any], normalize: bool) -> Any:
+    """The :class:`~volcam.run.outputs.OutputSettings` of the handler's ``exports``,
+    ``png_args`` and ``figure_args`` (``normalize``: the CAM's own setting)."""
+    from volcam.run.outputs import OutputSettings
+
+    axis = png_args.get("axis") or figure_args.get("axis") or "axial"
+    figure = "mosaic" if figure_args.get("select") or figure_args.get("n") else "orthogonal"
+    return OutputSettings.from_raw(
+        {
+            **OutputSettings().__dict__,
+            "axes": [axis],
+            "heat_nifti": "nifti" in exports,
+            "pngs": "png" in exports,
+            "figure": figure if "figure" in exports else None,
+            "viewer": "viewer" in exports,
+            "raw_heat": not normalize,
+            "window": png_args.get("window", figure_args.get("window")),
+            "cmap": png_args.get("cmap", "jet"),
+            "alpha": png_args.get("alpha", 0.5),
+            "convention": png_args.get("convention", "radiological"),
+        }
+    )
+
+
+def predicted_regions(output: torch.Tensor, classes: Sequence[int] | None, targets: Any) -> torch.Tensor:
+    """``[B, K, *S]``: the region the network predicts as each explained class (``classes``,
+    else the class of an int ``targets``, else any foreground class), from one pass of channel
+    comparisons (:func:`volcam.targets.predicted_labels`: ``argmax`` with its tie rule)."""
+    from volcam.targets import predicted_labels
+
+    if output.ndim < 3:
+        return torch.zeros(output.shape[0], 1)
+    if output.shape[1] == 1:  # one sigmoid channel: its foreground
+        return output[:, :1] > 0
+    winner = predicted_labels(output)[:, None]
+    if classes is not None:
+        return torch.cat([winner == c for c in classes], 1)
+    c = targets if isinstance(targets, int) and not isinstance(targets, bool) else None
+    return winner == c if c is not None else winner > 0
+
+
+def layer_names(layers: Any) -> str:
+    """The target layers as the case records hold them (names joined by ``;``)."""
+    if isinstance(layers, (list, tuple)):
+        return ";".join(str(x) if isinstance(x, str) else type(x).__name__ for x in layers)
+    return str(layers) if isinstance(layers, str) else type(layers).__name__

@@ -9,14 +9,17 @@
 On ``ITERATION_COMPLETED`` of every ``every_n_epochs``-th epoch the handler takes the
 engine's network and batch, computes the CAMs of the cases it still needs (at most
 ``max_cases`` per epoch) with one :meth:`~volcam.BaseCAM.explain` call, and writes, per
-case, into ``output_dir/epoch_NNNN/<case>/``:
+case, into ``output_dir/epoch_NNNN/<case>/`` what ``volcam run`` writes for a case
+(``exports`` chooses among them):
 
-- ``heat.nii.gz``: the heat volume on the scan's grid, with the scan's affine (through the
-  inverse of the preprocessing ``transform`` when the network saw a resampled or cropped
+- ``<class>/heat.nii.gz``: the heat volume on the scan's grid, with the scan's affine (through
+  the inverse of the preprocessing ``transform`` when the network saw a resampled or cropped
   grid; without ``transform`` such a case gets ``heat_preprocessed.nii.gz`` on the
   network's grid instead),
-- ``slices/``: one PNG overlay per axial slice (with the label's outline when there is one),
-- ``figure.png``: a mosaic of the hottest slices.
+- ``<class>/axial/``: one PNG overlay per slice (with the label's outline when there is one),
+- ``<class>/figure.png``: orthogonal views through the hottest voxel (a mosaic of the hottest
+  slices with ``figure_args={"select": ...}``),
+- ``viewer.html``: the case in the self-contained HTML viewer.
 
 An RGB overlay per case can also go to TensorBoard (``summary_writer``).
 
@@ -41,6 +44,7 @@ from volcam.layers import LayerSpec
 from volcam.methods import BaseCAM, get_method
 from volcam.monai._batch import default_batch_transform, default_output_transform, overlay, unwrap
 from volcam.monai._cases import case_name, label_targets, plain, split_cases
+from volcam.monai._export import predicted_regions
 from volcam.monai._state import model_device, preserved_state
 from volcam.selectors import Selector
 from volcam.targets import TargetSpec
@@ -343,7 +347,7 @@ class CAMHandler:
             else:
                 res = cam.explain(x, targets)
             heat = res.heat.detach().cpu()
-            predicted = self._predicted(res.output.detach()).cpu()
+            predicted = predicted_regions(res.output.detach(), self.classes, self.targets).cpu()
             del x, res
             for i, image in enumerate(images):
                 index = self._count + i
@@ -370,43 +374,6 @@ class CAMHandler:
         c = self.targets if isinstance(self.targets, int) and not isinstance(self.targets, bool) else 0
         return [(c, self.class_name)]
 
-    def _settings(self) -> Any:
-        from volcam.run.outputs import OutputSettings
-
-        axis = self.png_args.get("axis") or self.figure_args.get("axis") or "axial"
-        figure = "mosaic" if self.figure_args.get("select") or self.figure_args.get("n") else "orthogonal"
-        return OutputSettings.from_raw(
-            {
-                **OutputSettings().__dict__,
-                "axes": [axis],
-                "heat_nifti": "nifti" in self.exports,
-                "pngs": "png" in self.exports,
-                "figure": figure if "figure" in self.exports else None,
-                "viewer": "viewer" in self.exports,
-                "raw_heat": not getattr(self.cam, "normalize", True),
-                "window": self.png_args.get("window", self.figure_args.get("window")),
-                "cmap": self.png_args.get("cmap", "jet"),
-                "alpha": self.png_args.get("alpha", 0.5),
-                "convention": self.png_args.get("convention", "radiological"),
-            }
-        )
-
-    def _predicted(self, output: torch.Tensor) -> torch.Tensor:
-        """``[B, K, *S]``: the region the network predicts as each explained class (any
-        foreground class when ``targets`` is not a class index)."""
-        if output.ndim < 3:
-            return torch.zeros(output.shape[0], 1)
-        if self.classes is not None:
-            if output.shape[1] == 1:
-                return output[:, :1] > 0
-            winner = output.argmax(1, keepdim=True)
-            return torch.cat([winner == c for c in self.classes], 1)
-        c = self.targets if isinstance(self.targets, int) and not isinstance(self.targets, bool) else None
-        if output.shape[1] == 1:
-            return output[:, :1] > 0
-        winner = output.argmax(1, keepdim=True)
-        return winner == c if c is not None else winner > 0
-
     def _export(
         self,
         engine: Any,
@@ -422,7 +389,7 @@ class CAMHandler:
         ``output_dir/epoch_NNNN/<case>/<class>/``."""
         from monai.data import MetaTensor
 
-        from volcam.monai._export import to_source, write_case
+        from volcam.monai._export import layer_names, output_settings, to_source, write_case
 
         case_dir = self.output_dir / f"epoch_{epoch:04d}" / name
         written: dict[str, Any] = {"dir": case_dir}
@@ -450,8 +417,11 @@ class CAMHandler:
                 stacklevel=2,
             )
         if self.exports:
-            layer = _layer_names(self.target_layers)
-            written.update(write_case(src, name, case_dir, self.folders, self._settings(), self.method_cls.name, layer))
+            layer = layer_names(self.target_layers)
+            settings = output_settings(
+                self.exports, self.png_args, self.figure_args, getattr(self.cam, "normalize", True)
+            )
+            written.update(write_case(src, name, case_dir, self.folders, settings, self.method_cls.name, layer))
         if self.summary_writer is not None:
             from monai.visualize import plot_2d_or_3d_image
 
@@ -461,9 +431,3 @@ class CAMHandler:
             )
         self.logger.info(f"CAMHandler: epoch {epoch}, case {name!r} -> {case_dir}")
         return written
-
-
-def _layer_names(layers: Any) -> str:
-    if isinstance(layers, (list, tuple)):
-        return ";".join(str(x) if isinstance(x, str) else type(x).__name__ for x in layers)
-    return str(layers) if isinstance(layers, str) else type(layers).__name__
