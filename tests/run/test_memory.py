@@ -156,3 +156,10 @@ def test_a_case_the_system_kills_is_recorded_and_not_retried_unless_asked(tmp_pa
     # unless asked to
     proc = volcam("--retry-failed", "--quiet")
     assert proc.returncode == 1 and "case b_huge was killed by SIGKILL" in proc.stderr
+    # --overwrite redoes every case once: the case killed in this run is not retried by the restart
+    proc = volcam("--overwrite", "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("case b_huge was killed by SIGKILL") == 1 and "too many times" not in proc.stderr
+    rows = {r["case"]: r for r in rows_of(tmp_path / "out" / "summary.csv")}
+    assert rows["b_huge"]["status"] == "failed" and "killed by SIGKILL" in rows["b_huge"]["error"]
+    assert rows["a_small"]["status"] == rows["c_small"]["status"] == "ok"

@@ -102,7 +102,11 @@ def plan_cases(
             foreign.append(str(folder.case_dir(case.id)))
             continue
         entry = killed.get(case.id)
-        if entry is not None and not retry_failed and not overwrite and entry.get("config") == config_id:
+        # a case killed in this very run (a supervisor restarted the process) is never retried by
+        # the restart, whatever the flags; one killed in an earlier run only when asked
+        killed_now = entry is not None and since is not None and entry.get("when", 0.0) >= since
+        asked = retry_failed or overwrite
+        if entry is not None and entry.get("config") == config_id and (killed_now or not asked):
             rows = failed_rows(case, classes, names, entry.get("error", "killed"))
             plan.decided[i] = CaseResult(case, "failed", rows, error=entry.get("error", "killed"))
             continue
