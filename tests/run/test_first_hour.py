@@ -153,6 +153,38 @@ def test_sigmoid_network_on_2d_png_images(png_dataset, capsys):
         )  # pixels: x column, y row
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".tif", ".jpg"])
+def test_tiff_and_jpeg_images_are_read_like_png(png_dataset, tmp_path, suffix, capsys):
+    # MONAI alone hands a .tif to its DICOM reader; volcam lists TIFF and JPEG as readable and reads
+    # them with Pillow: the same pixels, written as PNG, give the same heat
+    root, _ = png_dataset
+    (tmp_path / "images").mkdir()
+    (tmp_path / "reference").mkdir()
+    for png in sorted((root / "images").glob("*.png")):
+        written = tmp_path / "images" / f"{png.stem}{suffix}"
+        Image.open(png).save(written, **({"quality": 95} if suffix == ".jpg" else {}))
+        Image.open(written).save(tmp_path / "reference" / png.name)  # the pixels as decoded, lossless
+    scale = [
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 255, "b_min": 0.0, "b_max": 1.0}
+    ]
+    heats = {}
+    for folder, glob in (("images", f"*{suffix}"), ("reference", "*.png")):
+        cfg = sigmoid_config(root, 2, data={"folder": str(tmp_path / folder), "label_folder": None, "glob": glob})
+        cfg["outputs"] = {"dir": str(tmp_path / f"out-{folder}")}
+        cfg["preprocessing"] = scale
+        status, _, err = run_cli("run", write_yaml(tmp_path / f"{folder}.yaml", cfg), "--no-supervise", capsys=capsys)
+        assert status == 0, err
+        rows = rows_of(tmp_path / f"out-{folder}" / "summary.csv")
+        assert [(r["case"], r["status"]) for r in rows] == [(f"cell{i}", "ok") for i in range(3)], rows
+        heats[folder] = [
+            np.asarray(Image.open(tmp_path / f"out-{folder}" / r["case"] / "object" / "heat.png")) for r in rows
+        ]
+    for a, b in zip(heats["images"], heats["reference"]):
+        assert a.shape == (48, 64) and a.max() > 0
+        assert np.array_equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def nifti_sigmoid(tmp_path_factory):
     """3D NIfTI scans (anisotropic, oblique) with a bright sphere, labels, and a trained 1-channel sigmoid UNet."""

@@ -21,11 +21,20 @@ __all__ = ["loading_transforms", "load_case", "describe_error", "CaseDataset"]
 
 def loading_transforms() -> list[Any]:
     """``LoadImaged`` + ``EnsureChannelFirstd`` over keys image and label (NIfTI through
-    nibabel, raster images through Pillow, chosen by MONAI from the file name)."""
+    nibabel, raster images through Pillow: MONAI's ``PILReader``, which volcam also gives the
+    TIFF files Pillow reads; MONAI alone would hand those to its DICOM reader)."""
     import logging
     import warnings
 
+    from monai.data import PILReader
     from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+    class RasterReader(PILReader):  # type: ignore[misc]
+        """MONAI's Pillow reader for every raster suffix volcam lists (TIFF included)."""
+
+        def verify_suffix(self, filename: Any) -> bool:
+            names = filename if isinstance(filename, (list, tuple)) else [filename]
+            return all(str(f).lower().endswith(RASTER_SUFFIXES) for f in names)
 
     # LoadImage sets up every reader MONAI has; its GPU DICOM decoder says, each time, that it
     # cannot register without a GPU library. volcam reads DICOM with its own reader.
@@ -35,7 +44,7 @@ def loading_transforms() -> list[Any]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
-            load = LoadImaged(keys=["image", "label"], image_only=True, allow_missing_keys=True)
+            load = LoadImaged(keys=["image", "label"], reader=RasterReader(), image_only=True, allow_missing_keys=True)
     finally:
         plugin.setLevel(level)
     load.volcam_default = True  # type: ignore[attr-defined]
