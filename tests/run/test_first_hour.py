@@ -173,8 +173,9 @@ def test_tiff_and_jpeg_images_are_read_like_png(png_dataset, tmp_path, suffix, c
         cfg = sigmoid_config(root, 2, data={"folder": str(tmp_path / folder), "label_folder": None, "glob": glob})
         cfg["outputs"] = {"dir": str(tmp_path / f"out-{folder}")}
         cfg["preprocessing"] = scale
-        status, _, err = run_cli("run", write_yaml(tmp_path / f"{folder}.yaml", cfg), "--no-supervise", capsys=capsys)
+        status, out, err = run_cli("run", write_yaml(tmp_path / f"{folder}.yaml", cfg), "--no-supervise", capsys=capsys)
         assert status == 0, err
+        assert out.count(" px") == 3 and " mm" not in out  # the per-case lines give pixels, not millimetres
         rows = rows_of(tmp_path / f"out-{folder}" / "summary.csv")
         assert [(r["case"], r["status"]) for r in rows] == [(f"cell{i}", "ok") for i in range(3)], rows
         heats[folder] = [

@@ -266,6 +266,7 @@ class Runner:
                 "label": str(case.label) if case.label else "",
                 "predicted_voxels": int(pred.sum()),
                 "predicted_volume_ml": "" if raster else round(int(pred.sum()) * voxel_ml, 4),
+                "units": "px" if raster else "mm",  # of the peak (the log line; not a summary column)
                 "energy_in_prediction": _fraction(h, pred),
                 "energy_in_label": _fraction(h, self.label_region(label, c)) if label is not None else "",
             }

@@ -176,7 +176,10 @@ def format_row(row: dict[str, Any]) -> str:
     if row.get("note"):
         parts.append(str(row["note"]).split(";")[0])  # the reason; the summary has what to try
     if row.get("peak_x") not in (None, ""):
-        parts.append(f"peak ({row['peak_x']:.1f}, {row['peak_y']:.1f}, {row['peak_z']:.1f}) mm")
+        if row.get("units") == "px":  # a raster image: pixels, column then row
+            parts.append(f"peak (x {row['peak_x']:.0f}, y {row['peak_y']:.0f}) px")
+        else:
+            parts.append(f"peak ({row['peak_x']:.1f}, {row['peak_y']:.1f}, {row['peak_z']:.1f}) mm")
     for key, where in (("energy_in_prediction", "prediction"), ("energy_in_label", "label")):
         e = row.get(key)
         if isinstance(e, float) and not math.isnan(e):
