@@ -104,3 +104,22 @@ def test_dicom_studies_through_volcam_run(studies, capsys):
         for obj in ("heat_pmap.dcm", "heat_seg.dcm"):
             errors, _ = dciodvfy_report(folder / obj)
             assert errors == [], (case, obj, errors)
+
+
+def test_two_studies_with_one_name_get_their_series_hash_and_both_run(tmp_path, capsys):
+    # a re-scan the same day, or anonymised exports: one PatientID, StudyDate and SeriesNumber twice
+    import hashlib
+
+    first = write_series(tmp_path / "dicom" / "a", SeriesSpec(patient_id="P1", values=blob(BLOB, peak=900.0)))
+    second = write_series(tmp_path / "dicom" / "b", SeriesSpec(patient_id="P1", values=blob(BLOB, peak=900.0)))
+    path = run_config(tmp_path)
+    assert cli.main(["run", str(path), "--no-supervise", "--quiet"]) == 0
+    rows = rows_of(tmp_path / "out" / "summary.csv")
+    expected = sorted(f"P1_20240102_3_{hashlib.sha1(s.uid.encode()).hexdigest()[:8]}" for s in (first, second))
+    assert sorted(r["case"] for r in rows) == expected
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    uids = {
+        json.loads((tmp_path / "out" / r["case"] / "volcam-case.json").read_text())["series"]["series_instance_uid"]
+        for r in rows
+    }
+    assert uids == {first.uid, second.uid}  # each case holds its own series

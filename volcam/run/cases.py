@@ -8,9 +8,11 @@ own pixel layout, in pixel units.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,7 +258,9 @@ def list_cases(
 
 def _dicom_cases(data: Mapping[str, Any], base: Path, listing: Listing) -> None:
     """One case per study found under ``data.dicom``: the series ``data.series`` chooses
-    (by default the one with the most images, localisers last)."""
+    (by default the one with the most images, localisers last), named by
+    :func:`volcam.io.dicom.case_name`; studies whose names would be the same get a short hash of
+    their SeriesInstanceUID added to each."""
     try:
         from volcam.io.dicom import case_name, find_series, select_series
     except ImportError as err:
@@ -274,13 +278,20 @@ def _dicom_cases(data: Mapping[str, Any], base: Path, listing: Listing) -> None:
     for series in found:
         studies.setdefault(series.study_uid or series.uid, []).append(series)
     rules = dict(data.get("series") or {})
+    chosen = []
     for group in studies.values():
         try:
-            choice = select_series(group, **rules)
+            chosen.append(select_series(group, **rules))
         except ImageReadError as err:
             listing.note(f"studies without a series to explain ({err})", group[0].directory)
-            continue
-        listing.append(Case(case_name(choice.series), choice.series.directory, None, choice))
+    names = [case_name(choice.series) for choice in chosen]
+    counts = Counter(n.lower() for n in names)
+    for name, choice in zip(names, chosen):
+        if (
+            counts[name.lower()] > 1
+        ):  # two studies of one patient, date and series number (a re-scan, anonymised exports)
+            name = f"{name}_{hashlib.sha1(choice.series.uid.encode()).hexdigest()[:8]}"
+        listing.append(Case(name, choice.series.directory, None, choice))
     if not listing:
         extra = f" ({listing.summary()})" if listing.left_out else ""
         raise ConfigError(
