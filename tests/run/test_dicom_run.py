@@ -5,6 +5,7 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import yaml
@@ -123,3 +124,22 @@ def test_two_studies_with_one_name_get_their_series_hash_and_both_run(tmp_path, 
         for r in rows
     }
     assert uids == {first.uid, second.uid}  # each case holds its own series
+
+
+def test_volcam_view_rebuilds_the_viewer_of_a_dicom_case(tmp_path, capsys):
+    import re
+
+    written = write_series(tmp_path / "dicom" / "P1", SeriesSpec(patient_id="P1", values=blob(BLOB, peak=900.0)))
+    path = run_config(tmp_path)
+    assert cli.main(["run", str(path), "--no-supervise", "--quiet"]) == 0
+    case = tmp_path / "out" / "P1_20240102_3"
+    assert not (case / "viewer.html").exists()  # outputs.viewer: false in this config
+    capsys.readouterr()
+    assert cli.main(["view", str(case)]) == 0, capsys.readouterr().err
+    page = (case / "viewer.html").read_text()
+    meta = json.loads(re.search(r'<script type="application/json" id="volcam-meta">(.*?)</script>', page, re.S)[1])
+    assert [layer["name"] for layer in meta["layers"]] == ["bright"]
+    # the scan is the recorded series: 12 slices of 20 x 24, as the heat NIfTI
+    heat = nib.load(case / "bright" / "heat.nii.gz")
+    assert sorted(heat.shape) == sorted((written.spec.rows, written.spec.columns, written.spec.slices))
+    assert meta["title"].startswith("P1_20240102_3")

@@ -32,13 +32,14 @@ def _recorded(record: dict, key: str) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def _locate(recorded: str | os.PathLike[str], case_dir: Path, what: str) -> Path:
+def _locate(recorded: str | os.PathLike[str], case_dir: Path, what: str, folder: bool = False) -> Path:
     """A recorded path as given (absolute, or relative to the working folder), else relative
-    to the run folder or its parent (where a run is usually started)."""
+    to the run folder or its parent (where a run is usually started); ``folder``: a folder
+    (a DICOM series' folder) is accepted too."""
     path = Path(recorded)
     candidates = [path] if path.is_absolute() else [path, case_dir.parent / path, case_dir.parent.parent / path]
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.is_file() or (folder and candidate.is_dir()):
             return candidate
     option = "--image" if what == "scan" else "--label"
     raise ImageReadError(
@@ -111,7 +112,7 @@ def write_case_viewer(
             "outputs.heat_nifti: true)",
             name="case_dir",
         )
-    scan = load_image(_locate(image if image is not None else _recorded(record, "image") or "", case_dir, "scan"))
+    scan = _load_scan(image, record, case_dir)
     masks = {}
     label_path = label if label is not None else _recorded(record, "label")
     if label_path:
@@ -124,4 +125,27 @@ def write_case_viewer(
     )
     return write_viewer(
         scan, heats, path if path is not None else case_dir / "viewer.html", masks=masks, stats=stats, **options
+    )
+
+
+def _load_scan(image: str | os.PathLike[str] | None, record: dict, case_dir: Path) -> Any:
+    """The case's scan: a NIfTI or raster file, or the DICOM series the record names (found again
+    by its SeriesInstanceUID in the recorded folder, or in ``image`` when that is a folder)."""
+    from volcam.io import load_image
+
+    series = record.get("series") if isinstance(record.get("series"), dict) else None
+    recorded = image if image is not None else _recorded(record, "image") or ""
+    path = _locate(recorded, case_dir, "scan", folder=series is not None)
+    if series is None or path.is_file():
+        return load_image(path)
+    from volcam.io.dicom import find_series, load_series
+
+    uid = series.get("series_instance_uid")
+    for found in find_series(path):
+        if found.uid == uid:
+            return load_series(found)
+    raise ImageReadError(
+        f"the DICOM series {uid} recorded in {case_dir / RECORD_NAME} must be in '{path}', but it is not; "
+        "pass its folder (--image on the command line)",
+        path=path,
     )

@@ -29,7 +29,7 @@ def loading_transforms() -> list[Any]:
     from monai.data import PILReader
     from monai.transforms import EnsureChannelFirstd, LoadImaged
 
-    class RasterReader(PILReader):  # type: ignore[misc]
+    class RasterReader(PILReader):
         """MONAI's Pillow reader for every raster suffix volcam lists (TIFF included)."""
 
         def verify_suffix(self, filename: Any) -> bool:
@@ -38,13 +38,14 @@ def loading_transforms() -> list[Any]:
 
     # LoadImage sets up every reader MONAI has; its GPU DICOM decoder says, each time, that it
     # cannot register without a GPU library. volcam reads DICOM with its own reader.
+    reader: Any = RasterReader()
     plugin = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
     level = plugin.level
     plugin.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
-            load = LoadImaged(keys=["image", "label"], reader=RasterReader(), image_only=True, allow_missing_keys=True)
+            load = LoadImaged(keys=["image", "label"], reader=reader, image_only=True, allow_missing_keys=True)
     finally:
         plugin.setLevel(level)
     load.volcam_default = True  # type: ignore[attr-defined]
