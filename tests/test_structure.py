@@ -136,3 +136,13 @@ def test_test_modules_have_unique_names():
     for path in sorted(tests.rglob("test_*.py")):
         assert path.name not in seen, f"{path} and {seen[path.name]} share a name; pytest collects only one"
         seen[path.name] = path
+
+
+def test_one_function_ends_both_loops():
+    # the summary and the report are written by finish_run alone, for the local and the distributed run
+    run = Path(volcam.__file__).parent / "run"
+    for name in ("loop.py", "distributed.py"):
+        tree = ast.parse((run / name).read_text())
+        called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "finish_run" in called, name
+        assert "write_report" not in called, f"{name} writes the report itself"

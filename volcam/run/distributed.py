@@ -244,7 +244,7 @@ def run(
     from volcam.run.plan import check_names, plan_cases
     from volcam.run.provenance import map_provenance
     from volcam.run.runner import make_runner
-    from volcam.run.summary import CaseResult, RunResult, case_line, write_report, write_summary
+    from volcam.run.summary import CaseResult, RunResult, case_line, finish_run
 
     say = on_line or (lambda text: log.info("%s", text))
     env = env or detect()
@@ -367,9 +367,7 @@ def run(
         (row for r in range(world) for row in collected.get(r, [])),
         key=lambda row: (order.get(row["case"], len(order)), int(row["class"])),
     )
-    summary = write_summary(rows, folder.root / "summary.csv")
-    if config.outputs.index:
-        write_report(folder.root, rows)
+    summary = finish_run(folder.root, rows, index=config.outputs.index)
     by_case: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_case.setdefault(row["case"], []).append(row)

@@ -44,7 +44,7 @@ from volcam.run.outdir import RECORD_NAME, OutputFolder, RunFolderError
 from volcam.run.plan import RunPlan, check_names, failed_rows, plan_cases
 from volcam.run.provenance import input_identity, map_provenance
 from volcam.run.runner import Runner, make_runner
-from volcam.run.summary import CaseResult, RunResult, case_line, write_report, write_summary
+from volcam.run.summary import CaseResult, RunResult, RunStopped, case_line, finish_run, write_summary
 
 __all__ = ["run", "run_cases", "CaseWriter", "Interrupted", "RunStopped", "stop_on_signals", "infrastructure_error"]
 
@@ -60,10 +60,6 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-
-
-class RunStopped(VolcamError, RuntimeError):
-    """The run cannot go on (the output folder cannot be written); the message names the path."""
 
 
 def infrastructure_error(err: BaseException) -> bool:
@@ -392,12 +388,7 @@ def run(
         finally:
             bar.close()
         try:
-            summary: Path | None = table.write()
-            if config.outputs.index:
-                try:
-                    write_report(folder.root, table.all_rows())
-                except OSError as err:
-                    raise RunStopped(f"cannot write '{folder.root / 'index.html'}': {err.strerror or err}") from err
+            summary: Path | None = finish_run(folder.root, table.all_rows(), index=config.outputs.index)
         except RunStopped as err:
             summary, error = None, error or str(err)
     ordered = [results.get(i) or CaseResult(c, "pending") for i, c in enumerate(cases)]

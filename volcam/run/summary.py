@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from volcam.errors import VolcamError
 from volcam.run.cases import Case
 
 __all__ = [
+    "RunStopped",
+    "finish_run",
     "SUMMARY_COLUMNS",
     "CaseResult",
     "RunResult",
@@ -156,6 +159,30 @@ def merge_summaries(
         rank = {c: i for i, c in enumerate(order)}
         rows.sort(key=lambda r: (rank.get(r["case"], len(rank)), int(r["class"] or 0)))
     return write_summary(rows, path)
+
+
+class RunStopped(VolcamError, RuntimeError):
+    """The run cannot go on (the output folder cannot be written); the message names the path."""
+
+
+def finish_run(run_dir: Path, rows: Sequence[dict[str, Any]], *, index: bool) -> Path:
+    """The end of a run, local or distributed: ``summary.csv`` from ``rows`` (every case and
+    class, in the order of the cases) and, with ``index``, the run's ``index.html``.
+
+    Raises:
+        RunStopped: a file cannot be written (the message names it).
+    """
+    path = run_dir / "summary.csv"
+    try:
+        summary = write_summary(rows, path)
+    except OSError as err:
+        raise RunStopped(f"cannot write the summary '{path}': {err.strerror or err}") from err
+    if index:
+        try:
+            write_report(run_dir, rows)
+        except OSError as err:
+            raise RunStopped(f"cannot write '{run_dir / 'index.html'}': {err.strerror or err}") from err
+    return summary
 
 
 def write_report(run_dir: Path, rows: Sequence[dict[str, Any]]) -> Path:
