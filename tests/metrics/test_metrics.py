@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from volcam.errors import ShapeError
+from volcam.errors import ArgumentError, ShapeError
 from volcam.metrics import (
     binarize,
     component_localisation,
@@ -121,7 +121,7 @@ def test_binarize_level_and_mask_volume():
     mask = t([[1, 0, 0], [0, 1, 0]])
     assert binarize(heat, 0.5)[0, 0].tolist() == [[True, True, False], [False, True, False]]
     assert binarize(heat, mask=mask)[0, 0].tolist() == [[True, False, False], [False, True, False]]
-    with pytest.raises(ValueError, match="`mask` must be given"):
+    with pytest.raises(ArgumentError, match="`mask` must be given"):
         binarize(heat)
 
 
@@ -158,7 +158,7 @@ def test_shape_errors_name_the_argument():
         energy_pointing_game(torch.rand(1, 2, 4, 4), torch.ones(1, 2, 4, 4))
     with pytest.raises(TypeError, match="`heat` must be a torch.Tensor"):
         pointing_game(np.zeros((1, 1, 3, 3)), torch.ones(1, 1, 3, 3))
-    with pytest.raises(ValueError, match="`tolerance` must be a non-negative int"):
+    with pytest.raises(ArgumentError, match="`tolerance` must be a non-negative int"):
         pointing_game(torch.rand(1, 1, 3, 3), torch.ones(1, 1, 3, 3), tolerance=-1)
 
 
@@ -215,9 +215,9 @@ def test_connected_components_long_spiral_converges():
 
 
 def test_connected_components_bad_arguments():
-    with pytest.raises(ValueError, match="`connectivity` must be an int from 1 .* to 2 .*, not 3"):
+    with pytest.raises(ArgumentError, match="`connectivity` must be an int from 1 .* to 2 .*, not 3"):
         connected_components(torch.ones(1, 1, 3, 3), connectivity=3)
-    with pytest.raises(ValueError, match="`method` must be 'auto', 'torch' or 'scipy', not 'cc3d'"):
+    with pytest.raises(ArgumentError, match="`method` must be 'auto', 'torch' or 'scipy', not 'cc3d'"):
         connected_components(torch.ones(1, 1, 3, 3), method="cc3d")
 
 

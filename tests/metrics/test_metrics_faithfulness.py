@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from volcam.errors import ShapeError, TargetError
+from volcam.errors import ArgumentError, ShapeError, TargetError
 from volcam.metrics import blur, deletion_curve, faithfulness, insertion_curve, make_baseline, voxel_order
 
 
@@ -174,7 +174,7 @@ def test_baselines():
     assert torch.allclose(make_baseline(x, "mean")[0, 1], x[0, 1].mean().expand(9, 8, 7))
     assert torch.equal(make_baseline(x, -1.0), torch.full_like(x, -1.0))
     assert torch.equal(make_baseline(x, torch.zeros(1, 3, 1, 1, 1)), torch.zeros_like(x))
-    with pytest.raises(ValueError, match="`baseline` must be 'blur', 'min', 'mean', a number or a tensor, not 'black'"):
+    with pytest.raises(ArgumentError, match="`baseline` must be 'blur', 'min', 'mean', a number or a tensor, not 'black'"):
         make_baseline(x, "black")
     with pytest.raises(ShapeError, match="`baseline` must broadcast to the image shape"):
         make_baseline(x, torch.zeros(4, 1, 1, 1, 1))
@@ -186,7 +186,7 @@ def test_bad_inputs():
         ShapeError, match="`x` must have shape \\[B, C, \\*S\\] with the batch and spatial size of `heat`"
     ):
         deletion_curve(Identity1(), x, torch.rand(1, 1, 3, 2))
-    with pytest.raises(ValueError, match="`steps` must be a positive int, not 0"):
+    with pytest.raises(ArgumentError, match="`steps` must be a positive int, not 0"):
         deletion_curve(Identity1(), x, x, steps=0)
     with pytest.raises(TargetError, match=r"`category` must be a class index in \[0, 1\] .*, not 2"):
         deletion_curve(TwoClass(), x, x, 2)

@@ -14,7 +14,7 @@ from helpers import assert_same_state, model_state
 from torch import nn
 
 import volcam
-from volcam.errors import LayerNotFoundError, TargetError
+from volcam.errors import ArgumentError, LayerNotFoundError, TargetError
 from volcam.metrics import dice, faithfulness, localisation
 from volcam.metrics.sanity import label_randomisation, model_randomisation, parameter_layers, randomise_module
 
@@ -175,9 +175,9 @@ def test_randomise_module_is_reproducible_and_restores_the_random_state():
 def test_sanity_bad_arguments(trained):
     model, x, _ = trained
     cam = volcam.GradCAM(model, LAYER)
-    with pytest.raises(ValueError, match="`mode` must be 'cascading' or 'independent', not 'all'"):
+    with pytest.raises(ArgumentError, match="`mode` must be 'cascading' or 'independent', not 'all'"):
         model_randomisation(cam, x[:1], 1, mode="all")
-    with pytest.raises(ValueError, match="`threshold` must be a number in \\[-1, 1\\]"):
+    with pytest.raises(ArgumentError, match="`threshold` must be a number in \\[-1, 1\\]"):
         model_randomisation(cam, x[:1], 1, threshold=2)
     with pytest.raises(LayerNotFoundError, match="did you mean 'model.2.conv'"):
         model_randomisation(cam, x[:1], 1, layers=["model.2.con"])

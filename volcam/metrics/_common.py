@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from volcam.errors import ShapeError
+from volcam.errors import ArgumentError, ShapeError
 
 __all__ = ["check_map", "check_pair", "as_mask", "spatial_dims"]
 
@@ -38,7 +38,7 @@ def check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("heat
             actual_shape=tuple(b.shape),
         )
     if a.device != b.device:
-        raise ValueError(f"`{names[1]}` must be on the device of `{names[0]}` ({a.device}), not {b.device}")
+        raise ArgumentError(f"`{names[1]}` must be on the device of `{names[0]}` ({a.device}), not {b.device}")
 
 
 def as_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from volcam.errors import ArgumentError
 from volcam.metrics._common import as_mask, check_map, check_pair, spatial_dims
 from volcam.metrics.localisation import binarize
 
@@ -26,7 +27,7 @@ def _check_connectivity(connectivity, ndim: int) -> int:
     if connectivity is None:
         return ndim
     if isinstance(connectivity, bool) or not isinstance(connectivity, int) or not 1 <= connectivity <= ndim:
-        raise ValueError(
+        raise ArgumentError(
             f"`connectivity` must be an int from 1 (faces) to {ndim} (faces, edges and corners) "
             f"for {ndim} spatial axes, not {connectivity!r}"
         )
@@ -103,7 +104,7 @@ def connected_components(
     nd = fg.ndim - 2
     connectivity = _check_connectivity(connectivity, nd)
     if method not in ("auto", "torch", "scipy"):
-        raise ValueError(f"`method` must be 'auto', 'torch' or 'scipy', not {method!r}")
+        raise ArgumentError(f"`method` must be 'auto', 'torch' or 'scipy', not {method!r}")
     if method == "auto":
         method = "scipy" if fg.device.type == "cpu" else "torch"
     if method == "scipy":

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from volcam.errors import ShapeError
+from volcam.errors import ArgumentError, ShapeError
 from volcam.metrics._common import check_map, spatial_dims
 from volcam.selectors import select
 from volcam.targets import TargetSpec, resolve_targets
@@ -94,7 +94,7 @@ def blur(x: torch.Tensor, sigma: float | tuple[float, ...]) -> torch.Tensor:
     nd = x.ndim - 2
     sigmas = (sigma,) * nd if isinstance(sigma, (int, float)) else tuple(sigma)
     if len(sigmas) != nd or any(s < 0 for s in sigmas):
-        raise ValueError(f"`sigma` must be one non-negative value or {nd} of them, not {sigma!r}")
+        raise ArgumentError(f"`sigma` must be one non-negative value or {nd} of them, not {sigma!r}")
     kernels = [
         gaussian_1d(torch.tensor(float(s), device=x.device), truncated=4.0, normalize=True).to(x.dtype)
         if s > 0
@@ -132,7 +132,7 @@ def make_baseline(x: torch.Tensor, baseline="blur", sigma: float = 5.0) -> torch
         return x.amin(dim=dims, keepdim=True).expand_as(x)
     if baseline == "mean":
         return x.mean(dim=dims, keepdim=True).expand_as(x)
-    raise ValueError(f"`baseline` must be 'blur', 'min', 'mean', a number or a tensor, not {baseline!r}")
+    raise ArgumentError(f"`baseline` must be 'blur', 'min', 'mean', a number or a tensor, not {baseline!r}")
 
 
 def voxel_order(heat: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -196,9 +196,9 @@ def _check_inputs(x, heat, steps, batch_size):
             actual_shape=shape if isinstance(shape, tuple) else None,
         )
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"`steps` must be a positive int, not {steps!r}")
+        raise ArgumentError(f"`steps` must be a positive int, not {steps!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, not {batch_size!r}")
+        raise ArgumentError(f"`batch_size` must be a positive int, not {batch_size!r}")
 
 
 def _run_curves(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from volcam.errors import ArgumentError
 from volcam.metrics._common import as_mask, check_map, check_pair, spatial_dims
 
 __all__ = [
@@ -83,7 +84,7 @@ def pointing_game(heat: torch.Tensor, mask: torch.Tensor, tolerance: int = 0) ->
     """
     check_pair(heat, mask)
     if not isinstance(tolerance, int) or isinstance(tolerance, bool) or tolerance < 0:
-        raise ValueError(f"`tolerance` must be a non-negative int (voxels), not {tolerance!r}")
+        raise ArgumentError(f"`tolerance` must be a non-negative int (voxels), not {tolerance!r}")
     dims = spatial_dims(heat)
     top = heat == heat.amax(dim=dims, keepdim=True)
     inside = _dilate(as_mask(mask), tolerance)
@@ -131,7 +132,7 @@ def binarize(heat: torch.Tensor, level: float | None = None, *, mask: torch.Tens
     if level is not None:
         return heat >= level
     if mask is None:
-        raise ValueError("`mask` must be given when `level` is None (the region takes the mask's volume), not None")
+        raise ArgumentError("`mask` must be given when `level` is None (the region takes the mask's volume), not None")
     check_pair(heat, mask)
     volume = as_mask(mask).reshape(heat.shape[0], -1).sum(dim=1)
     return top_k_mask(heat, volume)

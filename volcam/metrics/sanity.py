@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from volcam.errors import LayerNotFoundError, TargetError
+from volcam.errors import ArgumentError, LayerNotFoundError, TargetError
 from volcam.layers import find_layer, list_layers, resolve_layers
 from volcam.metrics.similarity import body_region, spearman, spearman_in, ssim
 from volcam.postprocess import normalize
@@ -194,7 +194,7 @@ def _warn_constant(original: torch.Tensor) -> None:
 
 def _check_threshold(threshold: float) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
-        raise ValueError(f"`threshold` must be a number in [-1, 1] (a Spearman correlation), not {threshold!r}")
+        raise ArgumentError(f"`threshold` must be a number in [-1, 1] (a Spearman correlation), not {threshold!r}")
     return float(threshold)
 
 
@@ -232,7 +232,7 @@ def model_randomisation(
         :class:`SanityResult` with one step per layer.
     """
     if mode not in ("cascading", "independent"):
-        raise ValueError(f"`mode` must be 'cascading' or 'independent', not {mode!r}")
+        raise ArgumentError(f"`mode` must be 'cascading' or 'independent', not {mode!r}")
     threshold = _check_threshold(threshold)
     original_result = cam.explain(x, targets)
     frozen, _ = _frozen_targets(targets, original_result.output)
