@@ -174,7 +174,9 @@ def test_baselines():
     assert torch.allclose(make_baseline(x, "mean")[0, 1], x[0, 1].mean().expand(9, 8, 7))
     assert torch.equal(make_baseline(x, -1.0), torch.full_like(x, -1.0))
     assert torch.equal(make_baseline(x, torch.zeros(1, 3, 1, 1, 1)), torch.zeros_like(x))
-    with pytest.raises(ArgumentError, match="`baseline` must be 'blur', 'min', 'mean', a number or a tensor, not 'black'"):
+    with pytest.raises(
+        ArgumentError, match="`baseline` must be 'blur', 'min', 'mean', a number or a tensor, not 'black'"
+    ):
         make_baseline(x, "black")
     with pytest.raises(ShapeError, match="`baseline` must broadcast to the image shape"):
         make_baseline(x, torch.zeros(4, 1, 1, 1, 1))
