@@ -501,7 +501,7 @@ def test_missing_ignite_is_a_clear_error(monkeypatch, tmp_path):
         (
             {"exports": ("nifti", "gif")},
             ConfigError,
-            r"`exports` must be a subset of \['nifti', 'png', 'figure', 'viewer'\]",
+            r"`exports` must be a subset of \['nifti', 'png', 'figure', 'viewer', 'dicom'\]",
         ),
         ({"batch_transform": "image"}, ConfigError, "`batch_transform` must be a callable, not 'image'"),
         ({"targets": [1, 2]}, ConfigError, "`targets` must be None, an int or a target callable"),

@@ -120,6 +120,21 @@ def to_source(
     return SourceCase(source, heat_src, None if label_src is None else plain(label_src), path, True, pred_src)
 
 
+def _dicom_series(src: SourceCase) -> Any:
+    """The DICOM series a case was read from (volcam's DICOM reader records its folder and
+    SeriesInstanceUID in the image's metadata), as a ``SeriesChoice``; None for other inputs."""
+    for tensor in (src.heat, src.image):
+        meta = getattr(tensor, "meta", None) or {}
+        uid, folder = meta.get("dicom_series_uid"), meta.get("dicom_folder")
+        if isinstance(uid, (list, tuple)) and isinstance(folder, (list, tuple)):  # collated
+            uid, folder = uid[0], folder[0]
+        if uid and folder:
+            from volcam.io.dicom import find_series, select_series
+
+            return select_series(find_series(str(folder)), uid=str(uid))
+    return None
+
+
 def write_case(
     src: SourceCase,
     name: str,
@@ -131,8 +146,9 @@ def write_case(
 ) -> dict[str, Any]:
     """Write one case of the handler with :class:`volcam.run.export.CaseExporter`, as ``volcam run``
     writes it: map ``k`` of ``src.heat`` into ``case_dir/<folders[k] name>/``; a case left on the
-    network's grid gets ``heat_preprocessed.nii.gz`` instead of ``heat.nii.gz``. Returns the
-    written files by kind (the first class's, for one class)."""
+    network's grid gets ``heat_preprocessed.nii.gz`` instead of ``heat.nii.gz``; a case read from
+    a DICOM series also gets ``heat_pmap.dcm`` and ``heat_seg.dcm`` when ``settings.dicom`` asks
+    for them. Returns the written files by kind (the first class's, for one class)."""
     from dataclasses import replace
 
     from volcam.run.cases import Case
@@ -144,7 +160,8 @@ def write_case(
         ClassOutput(c, folder, src.heat[k : k + 1], src.predicted[min(k, len(src.predicted) - 1)], {})
         for k, (c, folder) in enumerate(folders)
     ]
-    out = CaseOutput(Case(name, src.path or Path(name)), src.image, outline, False, classes)
+    series = _dicom_series(src) if settings.dicom and src.on_source else None
+    out = CaseOutput(Case(name, src.path or Path(name), None, series), src.image, outline, False, classes)
     outputs = settings if src.on_source else replace(settings, heat_nifti=False)  # not the scan's grid
     exporter = CaseExporter(outputs, method=method, layer=layer)
     files = exporter.write(out, case_dir, label_region=lambda lbl, c: lbl[0] > 0)
@@ -187,6 +204,7 @@ def output_settings(exports: Any, png_args: dict[str, Any], figure_args: dict[st
             "pngs": "png" in exports,
             "figure": figure if "figure" in exports else None,
             "viewer": "viewer" in exports,
+            "dicom": ["pmap", "seg"] if "dicom" in exports else [],
             "raw_heat": not normalize,
             "window": png_args.get("window", figure_args.get("window")),
             "cmap": png_args.get("cmap", "jet"),

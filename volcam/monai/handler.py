@@ -19,7 +19,8 @@ case, into ``output_dir/epoch_NNNN/<case>/`` what ``volcam run`` writes for a ca
 - ``<class>/axial/``: one PNG overlay per slice (with the label's outline when there is one),
 - ``<class>/figure.png``: orthogonal views through the hottest voxel (a mosaic of the hottest
   slices with ``figure_args={"select": ...}``),
-- ``viewer.html``: the case in the self-contained HTML viewer.
+- ``viewer.html``: the case in the self-contained HTML viewer,
+- ``<class>/heat_pmap.dcm`` and ``<class>/heat_seg.dcm`` for a case read from a DICOM series.
 
 An RGB overlay per case can also go to TensorBoard (``summary_writer``).
 
@@ -58,7 +59,7 @@ else:
 __all__ = ["CAMHandler", "default_batch_transform", "default_output_transform", "overlay", "EXPORTS"]
 
 #: what the handler can write per case
-EXPORTS = ("nifti", "png", "figure", "viewer")
+EXPORTS = ("nifti", "png", "figure", "viewer", "dicom")
 
 
 def _require_ignite() -> None:
@@ -92,8 +93,11 @@ class CAMHandler:
         every_n_epochs: write on epochs ``n, 2n, ...`` (the evaluator's epoch is the
             trainer's when it is run by MONAI's ``ValidationHandler``).
         max_cases: cases written per epoch (the first ones of the epoch); None for all.
-        exports: any of ``"nifti"``, ``"png"``, ``"figure"``; empty to only compute (and
-            log to TensorBoard).
+        exports: any of ``"nifti"``, ``"png"``, ``"figure"``, ``"viewer"`` and ``"dicom"`` (a
+            DICOM Parametric Map and SEG per class, on the series, for cases read from a DICOM
+            series by :class:`volcam.io.dicom.DicomSeriesReader` and taken back to its grid;
+            other cases get none); all by default; empty to only compute (and log to
+            TensorBoard).
         batch_transform: ``engine.state.batch -> images``, a batch ``[B, C, *S]`` or a list
             of ``[C, *S]`` (collated and decollated batches both work; default
             :func:`default_batch_transform`, the ``"image"`` key).
