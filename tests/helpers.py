@@ -59,6 +59,28 @@ class TinySeg(nn.Module):
         return self.head(self.act(self.feat(x)))
 
 
+class NegativeFeatures(nn.Module):
+    """x -> feat (1x1 conv, 1 -> 2 channels, weights [-1, -2], no activation) -> head (1x1 conv).
+
+    feat = [-x, -2x]; logits[0] = -3x, logits[1] = 3x: on a positive image class 1 everywhere,
+    with gradients [-1, -1] at ``feat``. LayerCAM (positive gradients only) is all zero there;
+    HiResCAM (sum of gradient x activation = 3x) is not.
+    """
+
+    def __init__(self, dims: int = 2):
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        self.feat = conv(1, 2, 1, bias=False)
+        self.head = conv(2, 2, 1, bias=False)
+        shape = (1,) * dims
+        with torch.no_grad():
+            self.feat.weight.copy_(torch.tensor([-1.0, -2.0]).view(2, 1, *shape))
+            self.head.weight.copy_(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]).view(2, 2, *shape))
+
+    def forward(self, x):
+        return self.head(self.feat(x))
+
+
 class Pyramid(nn.Module):
     """A small encoder-decoder whose 3D version with kernels (1, k, k) equals the 2D one."""
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -76,7 +79,10 @@ def test_run_without_method_and_layer_explains_with_the_default(tmp_path, capsys
     path.write_text(yaml.safe_dump(cfg))
     assert cli.main(["run", str(path), "--no-supervise"]) == 0
     printed = capsys.readouterr().out
-    assert f"{DEFAULT_METHOD} on model.1.submodule.2 (chosen: the last decoder stage, 8 channels" in printed
+    assert f"{DEFAULT_METHOD} (hirescam for a class whose {DEFAULT_METHOD} map is all zero) on model.1.submodule.2" in (
+        printed
+    )
+    assert "on model.1.submodule.2 (chosen: the last decoder stage, 8 channels" in printed
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert {(r["method"], r["layer"]) for r in rows} == {(DEFAULT_METHOD, "model.1.submodule.2")}
     record = json.loads((tmp_path / "out" / "case0" / "volcam-case.json").read_text())
@@ -97,3 +103,51 @@ def test_run_without_a_layer_on_a_network_without_decoder_stages_exits_2(tmp_pat
     err = capsys.readouterr().err
     assert "cam.target_layers is required for this network" in err and "volcam layers" in err
     assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def _fallback_run(tmp_path: Path, cam: dict) -> list[dict]:
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):  # positive 2D scans: NegativeFeatures predicts class 1 everywhere
+        nib.save(nib.Nifti1Image((rng.random((12, 10)) + 0.5).astype(np.float32), np.eye(4)), images / f"c{i}.nii.gz")
+    cfg = {
+        "network_def": {"_target_": "helpers.NegativeFeatures", "dims": 2},
+        "checkpoint": "none",
+        "spatial_dims": 2,
+        "device": "cpu",
+        "cam": cam,
+        "targets": {"classes": [0, 1]},
+        "data": {"folder": str(images), "num_workers": 0},
+        "outputs": {"dir": str(tmp_path / "out"), "pngs": False, "figure": False, "viewer": False},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["run", str(path), "--no-supervise", "--overwrite"]) == 0
+    return list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+
+
+def test_the_default_method_falls_back_to_hirescam_where_its_map_is_empty(tmp_path, capsys):
+    rows = _fallback_run(tmp_path, {"target_layers": "feat"})
+    printed = capsys.readouterr().out
+    assert "layercam (hirescam for a class whose layercam map is all zero) on feat" in printed
+    for case in ("c0", "c1"):
+        (zero,) = [r for r in rows if r["case"] == case and r["class"] == "0"]
+        (one,) = [r for r in rows if r["case"] == case and r["class"] == "1"]
+        assert zero["method"] == "layercam" and zero["note"].startswith("empty target")  # nothing to redo
+        assert one["method"] == "hirescam"
+        assert one["note"].startswith("hirescam in place of layercam (layercam: empty map:")
+        heat = nib.load(tmp_path / "out" / case / "class1" / "heat.nii.gz").get_fdata()
+        assert heat.max() > 0 and float(one["energy_in_prediction"]) == pytest.approx(1.0)
+    record = json.loads((tmp_path / "out" / "c0" / "volcam-case.json").read_text())
+    assert record["maps"]["method"] == "layercam" and record["maps"]["fallback"] == "hirescam"
+
+
+def test_a_method_the_config_names_has_no_fallback_unless_asked(tmp_path, capsys):
+    rows = _fallback_run(tmp_path, {"method": "layercam", "target_layers": "feat"})
+    one = [r for r in rows if r["class"] == "1"]
+    assert {r["method"] for r in one} == {"layercam"} and all(r["note"].startswith("empty map:") for r in one)
+    rows = _fallback_run(tmp_path, {"method": "layercam", "fallback": "hirescam", "target_layers": "feat"})
+    assert {r["method"] for r in rows if r["class"] == "1"} == {"hirescam"}
+    rows = _fallback_run(tmp_path, {"fallback": "none", "target_layers": "feat"})  # the default method alone
+    assert {r["method"] for r in rows} == {"layercam"}

@@ -245,13 +245,14 @@ class RunConfig:
             items = [*loading_transforms(), *items]
         return Compose(items)
 
-    def build_cam(self, model: Any, **options: Any) -> Any:
-        """The CAM method of the ``cam`` section, bound to ``model``; ``options`` (e.g.
-        ``normalize=False``) are passed to the method on top of ``cam.method_args``."""
+    def build_cam(self, model: Any, method: str | None = None, **options: Any) -> Any:
+        """The CAM method of the ``cam`` section (or ``method``, e.g. ``cam.fallback``, at the
+        same layers), bound to ``model``; ``options`` (e.g. ``normalize=False``) are passed to
+        the method on top of ``cam.method_args``."""
         import volcam
 
         cam = self.cam
-        cls = volcam.get_method(cam.method)
+        cls = volcam.get_method(method or cam.method)
         reshape = self.parsed("cam.reshape") if cam.reshape is not None else None
         kwargs = {**cam.method_args, **options}
         try:

@@ -239,7 +239,7 @@ def run(
     import torch.distributed as dist
 
     from volcam.run.config import RunConfig, load_config
-    from volcam.run.loop import CaseWriter, chosen_note, run_cases
+    from volcam.run.loop import CaseWriter, chosen_note, method_note, run_cases
     from volcam.run.outdir import OutputFolder
     from volcam.run.plan import check_names, plan_cases
     from volcam.run.provenance import map_provenance
@@ -313,8 +313,8 @@ def run(
                     say(
                         f"volcam run: {len(cases)} case(s) over {world} processes "
                         f"({'nccl, one GPU each' if device.type == 'cuda' else 'gloo, cpu'}), "
-                        f"{config.cam.method} on {runner.layer_names}{chosen_note(runner)}, classes {runner.classes}, "
-                        f"{how}, outputs in {folder.root}"
+                        f"{method_note(runner)} on {runner.layer_names}{chosen_note(runner)}, "
+                        f"classes {runner.classes}, {how}, outputs in {folder.root}"
                     )
                 from tqdm.auto import tqdm
 

@@ -46,7 +46,16 @@ from volcam.run.provenance import input_identity, map_provenance
 from volcam.run.runner import Runner, make_runner
 from volcam.run.summary import CaseResult, RunResult, RunStopped, case_line, finish_run, write_summary
 
-__all__ = ["run", "run_cases", "CaseWriter", "Interrupted", "RunStopped", "stop_on_signals", "infrastructure_error"]
+__all__ = [
+    "run",
+    "run_cases",
+    "CaseWriter",
+    "Interrupted",
+    "RunStopped",
+    "stop_on_signals",
+    "infrastructure_error",
+    "method_note",
+]
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +277,7 @@ def _start_line(
         how = "nnU-Net's sliding window"
     ckpt = "none (initial weights)" if checkpoint is None else f"{checkpoint['path']} ({checkpoint['blake2b'][:12]})"
     return (
-        f"volcam run: {len(cases)} case(s), {config.cam.method} on {runner.layer_names}{chosen_note(runner)}, "
+        f"volcam run: {len(cases)} case(s), {method_note(runner)} on {runner.layer_names}{chosen_note(runner)}, "
         f"classes {runner.classes}, {how}, device {runner.device}, checkpoint {ckpt}, outputs in {folder.root}"
     )
 
@@ -278,6 +287,14 @@ def chosen_note(runner: Any) -> str:
     if not getattr(runner, "chosen", ""):
         return ""
     return f" (chosen: {runner.chosen}; cam.target_layers sets another)"
+
+
+def method_note(runner: Any) -> str:
+    """The method, and its fallback for a class whose map is all zero (``cam.fallback``)."""
+    cam = runner.config.cam
+    if getattr(runner, "fallback", None) is None:
+        return str(cam.method)
+    return f"{cam.method} ({cam.fallback} for a class whose {cam.method} map is all zero)"
 
 
 def run(

@@ -92,6 +92,12 @@ class Runner:
             self.config = config = config.with_layers([layer.name])
             self.chosen = layer.reason
         self.cam = config.build_cam(self.model, normalize=not config.outputs.raw_heat)
+        #: computed for a class whose map is all zero although the class is predicted (cam.fallback)
+        self.fallback = (
+            config.build_cam(self.model, config.cam.fallback, normalize=not config.outputs.raw_heat)
+            if config.cam.fallback and config.cam.fallback != config.cam.method
+            else None
+        )
         self.in_channels = config.in_channels
         self.out_channels = config.out_channels
         self.divisor = network_divisor(self.model, config.spatial_dims)
@@ -157,19 +163,24 @@ class Runner:
             return {c: self.label_region(label, c)[None].float() for c in self.classes}
         return None
 
-    def explain(self, x: torch.Tensor, masks: Any) -> Any:
+    def explain(self, x: torch.Tensor, masks: Any, cam: Any = None, classes: list[int] | None = None) -> Any:
         """Every class of one input ``[1, C, *S]`` from one forward pass, whole or by windows:
-        a result with ``heat [1, K, *S]``, ``output [1, classes, *S]`` (and ``notes``)."""
+        a result with ``heat [1, K, *S]``, ``output [1, classes, *S]`` (and ``notes``).
+        ``cam`` and ``classes``: another method (the fallback) and some of the classes."""
         act = self.targets.activation
+        cam = cam or self.cam
+        classes = self.classes if classes is None else classes
+        if isinstance(masks, dict):
+            masks = {c: m for c, m in masks.items() if c in classes}
         if self.sliding.roi_size is not None:
             from volcam.sliding import sliding_window_cam
 
             s = self.sliding
             roi = list(self.sliding.roi_size)
             return sliding_window_cam(
-                self.cam, x, roi, s.sw_batch_size, s.overlap, s.mode, classes=self.classes, masks=masks, activation=act
+                cam, x, roi, s.sw_batch_size, s.overlap, s.mode, classes=classes, masks=masks, activation=act
             )
-        return self.cam.explain_classes(x, self.classes, masks=masks, activation=act)
+        return cam.explain_classes(x, classes, masks=masks, activation=act)
 
     def _padding(self, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
         if self.divisor is None or self.sliding.roi_size:
@@ -179,12 +190,19 @@ class Runner:
             return None
         return [(p // 2, p - p // 2) for p in pads]
 
-    def _explain_padded(self, x: torch.Tensor, masks: Any, pads: list[tuple[int, int]] | None) -> tuple[Any, Any, Any]:
+    def _explain_padded(
+        self,
+        x: torch.Tensor,
+        masks: Any,
+        pads: list[tuple[int, int]] | None,
+        cam: Any = None,
+        classes: list[int] | None = None,
+    ) -> tuple[Any, Any, Any]:
         """``(heat [1, K, *S], output, notes)``; the input padded to the network's divisor and the
         results cropped back when ``pads`` is given."""
         if pads is None:
             try:
-                res = self.explain(x, masks)
+                res = self.explain(x, masks, cam, classes)
             except RuntimeError as err:
                 if "Sizes of tensors must match" in str(err):
                     raise ShapeError(
@@ -201,7 +219,7 @@ class Runner:
         xp = torch.nn.functional.pad(x, flat)
         if isinstance(masks, dict):
             masks = {c: torch.nn.functional.pad(m, flat) for c, m in masks.items()}
-        res = self.explain(xp, masks)
+        res = self.explain(xp, masks, cam, classes)
         crop = (slice(None), slice(None)) + tuple(slice(a, a + n) for (a, _), n in zip(pads, x.shape[2:]))
         heat, output = res.heat[crop], res.output[crop]
         if self.cam.normalize:
@@ -209,6 +227,46 @@ class Runner:
 
             heat = normalize(heat)
         return heat, output, getattr(res, "notes", [])
+
+    def _fall_back(
+        self, x: torch.Tensor, label: Any, pads: Any, heat: torch.Tensor, output: torch.Tensor, notes: list[Any]
+    ) -> tuple[torch.Tensor, list[Any], list[str]]:
+        """``cam.fallback``: the classes whose map is all zero although the network predicts them
+        are explained again with the fallback method (one more pass, for those classes only).
+        Returns the heat, the notes (the fallback's as ``(target, text)``) and each class's method."""
+        method = self.config.cam.method
+        methods = [method] * len(self.classes)
+        if self.fallback is None:
+            return heat, notes, methods
+        empty_target = {n.target for n in notes if n.sample == 0 and n.reason == "empty_target"}
+        redo = [
+            t
+            for t, c in enumerate(self.classes)
+            if t not in empty_target and not bool(heat[0, t].max() > 0) and bool(self.predicted(output, c).any())
+        ]
+        if not redo:
+            return heat, notes, methods
+        classes = [self.classes[t] for t in redo]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again, _, again_notes = self.memory.measure(
+                lambda: self._explain_padded(x, self.masks(label), pads, self.fallback, classes), tuple(x.shape[2:])
+            )
+        _pass_on(caught)
+        heat = heat.clone()
+        kept = [n for n in notes if not (n.sample == 0 and n.target in redo)]
+        name = self.config.cam.fallback or ""
+        for k, t in enumerate(redo):
+            heat[0, t] = again[0, k]
+            why = "; ".join(_note(n) for n in notes if n.sample == 0 and n.target == t) or "its map is all zero"
+            text = f"{name} in place of {method} ({method}: {why})"
+            if not bool(again[0, k].max() > 0):
+                text += f"; the {name} map is all zero too" + "".join(
+                    f": {_note(n)}" for n in again_notes if n.sample == 0 and n.target == k
+                )
+            kept.append((t, text))
+            methods[t] = name
+        return heat, kept, methods
 
     def explain_case(self, case: Case, data: dict[str, Any]) -> CaseOutput:
         """Explain every class of one loaded case; see :class:`CaseOutput`.
@@ -240,14 +298,15 @@ class Runner:
                 lambda: self._explain_padded(x, self.masks(label), pads), tuple(x.shape[2:])
             )
         _pass_on(caught)
-        seconds = (time.perf_counter() - start) / len(self.classes)  # one pass for every class: shared
         if self.out_channels is None:
             self.check_classes(output.shape[1])
+        heat, map_notes, methods = self._fall_back(x, label, pads, heat, output, map_notes)
+        seconds = (time.perf_counter() - start) / len(self.classes)  # one pass for every class: shared
         for t, c in enumerate(self.classes):
             start = time.perf_counter()
             pred = self.predicted(output, c)
             h = heat[0, t]
-            notes = [_note(n) for n in map_notes if n.sample == 0 and n.target == t]
+            notes = [n[1] if isinstance(n, tuple) else _note(n) for n in map_notes if _of(n, t)]
             if not notes and not bool(h.max() > 0):
                 notes.append(
                     "the map is zero everywhere: no positive evidence at this layer "
@@ -260,7 +319,7 @@ class Runner:
                 "status": "ok",
                 "error": "",
                 "note": "; ".join(notes),
-                "method": self.config.cam.method,
+                "method": methods[t],
                 "layer": self.layer_names,
                 "image": str(case.image),
                 "label": str(case.label) if case.label else "",
@@ -286,6 +345,13 @@ class Runner:
             row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             out.classes.append(ClassOutput(c, self.names[c], heat_src, pred_src.as_tensor()[0] > 0.5, row))
         return out
+
+
+def _of(note: Any, t: int) -> bool:
+    """Whether a map note (the engine's, or a ``(target, text)`` pair of the fallback) is about target ``t``."""
+    if isinstance(note, tuple):
+        return note[0] == t
+    return bool(note.sample == 0 and note.target == t)
 
 
 def make_runner(config: RunConfig) -> Any:

@@ -48,7 +48,8 @@ __all__ = [
 #: Settings of the sections volcam owns: name -> default.
 SECTIONS: dict[str, dict[str, Any]] = {
     "cam": {
-        "method": "hirescam",
+        "method": None,  # volcam.run.defaults: LayerCAM, with HiResCAM for a class whose map is empty
+        "fallback": None,
         "target_layers": None,
         "layer_output": None,
         "model_output": None,

@@ -120,6 +120,9 @@ class CamSettings:
 
     method: str
     target_layers: tuple[str, ...]
+    #: the method computed for a class whose map is all zero although the class is predicted
+    #: (None: no second method); by default HiResCAM when ``method`` is left out too
+    fallback: str | None = None
     layer_output: Any = None
     model_output: Any = None
     reshape: Any = None  # the raw entry; built through the parser (it may be an @ref or $expr)
@@ -127,18 +130,28 @@ class CamSettings:
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any]) -> CamSettings:
-        s = dict(raw)
-        if not isinstance(s["method"], str) or not s["method"]:
-            raise ConfigError(f"cam.method must be a method name, not {_show(s['method'])}", key="cam.method")
         from volcam.methods import METHODS, get_method
+        from volcam.run.defaults import DEFAULT_FALLBACK, DEFAULT_METHOD
 
-        try:
-            get_method(s["method"])
-        except Exception as err:
-            raise ConfigError(
-                f"cam.method must be one of {sorted(METHODS)}, not {s['method']!r}{did_you_mean(s['method'], METHODS)}",
-                key="cam.method",
-            ) from err
+        s = dict(raw)
+        fallback = s.get("fallback")
+        if s["method"] is None:  # left out: the default, chosen by measurement (volcam.run.defaults)
+            s["method"] = DEFAULT_METHOD
+            fallback = DEFAULT_FALLBACK if fallback is None else fallback
+        if isinstance(fallback, str) and fallback.lower() in ("none", "off"):
+            fallback = None  # the default method without a second one
+        for key, name in (("method", s["method"]), ("fallback", fallback)):
+            if key == "fallback" and name is None:
+                continue
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"cam.{key} must be a method name, not {_show(name)}", key=f"cam.{key}")
+            try:
+                get_method(name)
+            except Exception as err:
+                raise ConfigError(
+                    f"cam.{key} must be one of {sorted(METHODS)}, not {name!r}{did_you_mean(name, METHODS)}",
+                    key=f"cam.{key}",
+                ) from err
         layers = s["target_layers"]
         if layers is None or layers == [] or layers == "":
             layers = []  # chosen when the network is built (volcam.run.defaults)
@@ -155,6 +168,7 @@ class CamSettings:
         return cls(
             method=s["method"],
             target_layers=tuple(layers),
+            fallback=fallback,
             layer_output=_selector(s["layer_output"]),
             model_output=_selector(s["model_output"]),
             reshape=s["reshape"],
@@ -165,6 +179,7 @@ class CamSettings:
         """JSON-friendly description (for case records and the summary)."""
         return {
             "method": self.method,
+            "fallback": self.fallback,
             "method_args": {k: _describe(v) for k, v in sorted(self.method_args.items())},
             "target_layers": list(self.target_layers),
             "layer_output": _describe(self.layer_output),
