@@ -143,3 +143,4 @@ def test_volcam_view_rebuilds_the_viewer_of_a_dicom_case(tmp_path, capsys):
     heat = nib.load(case / "bright" / "heat.nii.gz")
     assert sorted(heat.shape) == sorted((written.spec.rows, written.spec.columns, written.spec.slices))
     assert meta["title"].startswith("P1_20240102_3")
+    assert meta["coordinates"] == "LPS" and meta["modality"] == "CT"  # DICOM's own patient coordinates

@@ -26,7 +26,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--convention", choices=("radiological", "neurological"), default="radiological", help="left-right display"
     )
-    parser.add_argument("--coordinates", choices=("RAS", "LPS"), default="RAS", help="world coordinates shown")
+    parser.add_argument(
+        "--coordinates",
+        choices=("RAS", "LPS"),
+        default=None,
+        help="world coordinates shown (default: LPS for a DICOM case, else RAS)",
+    )
     parser.add_argument("--window", metavar="NAME", help="first window: soft_tissue, lung, bone, brain (CT)")
     parser.add_argument("--max-mb", type=float, default=25.0, help="size budget of a page in MB (default 25)")
 
@@ -54,12 +59,9 @@ def main(args: argparse.Namespace) -> int:
             )
     if single and len(cases) != 1:
         raise ArgumentError(f"--output, --image and --label need exactly one case folder, not {len(cases)}")
-    options = dict(
-        convention=args.convention,
-        coordinates=args.coordinates,
-        window=args.window,
-        max_bytes=int(args.max_mb * 1e6),
-    )
+    options = dict(convention=args.convention, window=args.window, max_bytes=int(args.max_mb * 1e6))
+    if args.coordinates is not None:
+        options["coordinates"] = args.coordinates
     for case in cases:
         path = write_case_viewer(case, args.output, image=args.image, label=args.label, **options)
         print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)")

@@ -328,3 +328,13 @@ def write_viewer(
         time.perf_counter() - start,
     )
     return out
+
+
+def dicom_style(modality: Any) -> dict[str, Any]:
+    """The viewer's settings for a case read from a DICOM series: the world read-out in DICOM's
+    patient coordinates (LPS), and the series' modality when the viewer knows it (CT: HU and
+    CT window presets)."""
+    style: dict[str, Any] = {"coordinates": "LPS"}
+    if str(modality).upper() in ("CT", "MR"):
+        style["modality"] = str(modality).upper()
+    return style

@@ -123,6 +123,12 @@ def write_case_viewer(
     options.setdefault(
         "title", f"{record.get('case', case_dir.name)}: {Path(str(scan.meta.get('filename_or_obj', ''))).name}"
     )
+    series = record.get("series")
+    if isinstance(series, dict):  # a DICOM case: LPS read-out and the series' modality, unless asked otherwise
+        from volcam.figures.viewer import dicom_style
+
+        for key, value in dicom_style(series.get("modality")).items():
+            options.setdefault(key, value)
     return write_viewer(
         scan, heats, path if path is not None else case_dir / "viewer.html", masks=masks, stats=stats, **options
     )

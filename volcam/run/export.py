@@ -136,6 +136,10 @@ class CaseExporter:
         heats = {cls.name: cls.heat for cls in out.classes}
         stats = {cls.name: cls.row for cls in out.classes}
         style: dict[str, Any] = {"window": o.window, "cmap": o.cmap, "alpha": o.alpha, "convention": o.convention}
+        if out.case.series is not None:  # DICOM: its own patient coordinates (LPS) and modality
+            from volcam.figures.viewer import dicom_style
+
+            style.update(dicom_style(out.case.series.series.modality))
         if out.raster:  # pixel units, the image's own layout
             image = image.as_tensor()[0].numpy() if hasattr(image, "as_tensor") else image
             heats = {k: v.as_tensor()[0].numpy() if hasattr(v, "as_tensor") else v for k, v in heats.items()}
