@@ -137,3 +137,45 @@ def test_layers_of_a_results_folder_and_of_an_nnunet_config(folders, model_copy,
     assert main(["layers", str(path), "--depth", "1"]) == 0
     printed = capsys.readouterr().out
     assert "a list of skips" in printed and "decoder.stages.1" not in printed and "encoder.stages" not in printed
+
+
+def test_fallback_explains_a_class_whose_map_is_all_zero(folders, model_copy, tmp_path, capsys, monkeypatch):
+    # the first method's map of "organ" is made all zero (as an all-negative layer gives): the run
+    # explains that class again with cam.fallback, says so, and keeps the other class's map
+    original = vn.NnUNetModel.explain
+    calls = []
+
+    def explain(self, image, classes, method, **kwargs):
+        calls.append((method, list(classes)))
+        res = original(self, image, classes=classes, method=method, **kwargs)
+        if method == "gradcam" and 1 in res.heat:
+            res.heat[1] = np.zeros_like(res.heat[1])
+        return res
+
+    monkeypatch.setattr(vn.NnUNetModel, "explain", explain)
+    out = tmp_path / "out"
+    cam = {"method": "gradcam", "fallback": "hirescam", "target_layers": LAYER}
+    path = write_config(tmp_path / "run.yaml", model_copy, folders.toy_images, folders.toy_labels, out, cam=cam)
+    assert main(["run", str(path), "--no-supervise"]) == 0
+    assert "gradcam (hirescam for a class whose gradcam map is all zero)" in capsys.readouterr().out
+    assert calls == [("gradcam", [1, 2]), ("hirescam", [1])] * 2  # one more pass per case, for that class only
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    model = vn.load(model_copy, folds=[0, 1], device="cpu")
+    for row in rows:
+        if row["class_name"] == "organ":
+            assert row["method"] == "hirescam" and row["note"].startswith("hirescam in place of gradcam")
+            image = folders.toy_images / f"{row['case']}_0000.nii.gz"
+            res = original(
+                model,
+                image,
+                classes=[1],
+                method="hirescam",
+                layer=LAYER,
+                use_mirroring=False,
+                tile_step_size=0.7,
+                mask=None,
+            )
+            written = np.asarray(nib.load(out / row["case"] / "organ" / "heat.nii.gz").dataobj)
+            np.testing.assert_allclose(written, res.heat[1], atol=1e-6)
+        else:
+            assert row["method"] == "gradcam" and not row["note"].startswith("hirescam")

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from volcam.checks import did_you_mean
@@ -195,6 +196,8 @@ class NnUNetRunner:
         self.pre = Compose(loading_transforms())  # the scan as read, for the outputs; nnU-Net preprocesses itself
         self.memory = _NoCheck()
         self.out_channels = None
+        #: named on the run's first line (see volcam.run.loop.method_note); applied in explain_case
+        self.fallback = config.cam.fallback if config.cam.fallback != config.cam.method else None
 
     def checkpoint_record(self) -> dict[str, Any]:
         """The model of the case records: the results folder, the folds, and one hash over every
@@ -227,20 +230,45 @@ class NnUNetRunner:
         quiet = logging.getLogger("volcam.nnunet")
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # volcam run prints its own line per case
-        try:
+        cam = self.config.cam
+
+        def explain(method: str, classes: list[int]) -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = self.model.explain(
+                return self.model.explain(
                     case.image,
-                    classes=self.classes,
-                    method=self.config.cam.method,
+                    classes=classes,
+                    method=method,
                     layer=self.layers,
-                    layer_output=self.config.cam.layer_output,
+                    layer_output=cam.layer_output,
                     mask=mask,
                     use_mirroring=bool(s["use_mirroring"]),
                     tile_step_size=float(s["tile_step_size"]),
-                    **dict(self.config.cam.method_args),
+                    **dict(cam.method_args),
                 )
+
+        methods = {c: cam.method for c in self.classes}
+        try:
+            res = explain(cam.method, self.classes)
+            # cam.fallback: a class predicted but with an all-zero map is explained again
+            redo = [
+                c
+                for c in self.classes
+                if cam.fallback
+                and cam.fallback != cam.method
+                and not float(np.max(res.heat[c])) > 0
+                and (res.stats[c].get("predicted_voxels") or 0) > 0
+            ]
+            if redo:
+                again = explain(cam.fallback, redo)
+                for c in redo:
+                    why = res.stats[c].get("note") or "its map is all zero"
+                    res.heat[c] = again.heat[c]
+                    note = f"{cam.fallback} in place of {cam.method} ({cam.method}: {why})"
+                    if again.stats[c].get("note"):
+                        note += f"; {cam.fallback}: {again.stats[c]['note']}"
+                    res.stats[c] = {**again.stats[c], "note": note}
+                    methods[c] = cam.fallback
         finally:
             quiet.setLevel(level)
         source = data["source"]
@@ -266,7 +294,7 @@ class NnUNetRunner:
                 "status": "ok",
                 "error": "",
                 "note": stats.get("note", ""),
-                "method": self.config.cam.method,
+                "method": methods[c],
                 "layer": self.layer_names,
                 "image": str(case.image),
                 "label": str(case.label) if case.label else "",
