@@ -241,7 +241,7 @@ def run(
     from volcam.run.config import RunConfig, load_config
     from volcam.run.loop import CaseWriter, chosen_note, method_note, run_cases
     from volcam.run.outdir import OutputFolder
-    from volcam.run.plan import check_names, plan_cases
+    from volcam.run.plan import check_names, plan_run
     from volcam.run.provenance import map_provenance
     from volcam.run.runner import make_runner
     from volcam.run.summary import CaseResult, RunResult, case_line, finish_run
@@ -283,17 +283,8 @@ def run(
                     check_names(cases)
                     folder.acquire()
                     locked = True
-                    for line in folder.recover():
-                        log.info("volcam run: %s", line)
-                    decided = plan_cases(
-                        folder,
-                        cases,
-                        maps=maps,
-                        declared=config.outputs.declared(),
-                        classes=runner.classes,
-                        names=runner.names,
-                        overwrite=overwrite,
-                        retry_failed=retry_failed,
+                    decided = plan_run(
+                        folder, cases, config, runner, maps, overwrite=overwrite, retry_failed=retry_failed
                     )
                     known = {i: (r.status, r.rows, r.error) for i, r in decided.decided.items()}
                     plan = [(list(cases), decided.todo, known)]

@@ -41,7 +41,7 @@ from volcam.run.config import RunConfig, load_config
 from volcam.run.export import CaseExporter
 from volcam.run.loading import CaseDataset, describe_error
 from volcam.run.outdir import RECORD_NAME, OutputFolder, RunFolderError
-from volcam.run.plan import RunPlan, check_names, failed_rows, plan_cases
+from volcam.run.plan import RunPlan, check_names, failed_rows, plan_run
 from volcam.run.provenance import input_identity, map_provenance
 from volcam.run.runner import Runner, make_runner
 from volcam.run.summary import CaseResult, RunResult, RunStopped, case_line, finish_run, write_summary
@@ -353,18 +353,8 @@ def run(
     error = ""
     table: _Table | None = None
     with folder.locked(token=lock_token), stop_on_signals():
-        for line in folder.recover():
-            log.info("volcam run: %s", line)
-        plan = plan_cases(
-            folder,
-            cases,
-            maps=maps,
-            declared=config.outputs.declared(),
-            classes=runner.classes,
-            names=runner.names,
-            overwrite=overwrite,
-            retry_failed=retry_failed,
-            since=since,
+        plan = plan_run(
+            folder, cases, config, runner, maps, overwrite=overwrite, retry_failed=retry_failed, since=since
         )
         if not quiet:
             say(_start_line(config, cases, runner, folder, checkpoint))

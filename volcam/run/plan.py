@@ -9,6 +9,7 @@ volcam did not write where a case goes stops it too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,9 @@ from volcam.run.outdir import RUN_ENTRIES, OutputFolder, RunFolderError
 from volcam.run.provenance import FIELD_NAMES, differences
 from volcam.run.summary import CaseResult
 
-__all__ = ["RunPlan", "ResumeMismatchError", "plan_cases", "check_names", "failed_rows"]
+__all__ = ["plan_run", "RunPlan", "ResumeMismatchError", "plan_cases", "check_names", "failed_rows"]
+
+log = logging.getLogger(__name__)
 
 
 class ResumeMismatchError(ConfigError):
@@ -159,3 +162,32 @@ def plan_cases(
     if retry_failed and killed:
         folder.forget_killed({c.id for c in cases})
     return plan
+
+
+def plan_run(
+    folder: OutputFolder,
+    cases: Sequence[Case],
+    config: Any,
+    runner: Any,
+    maps: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    since: float | None = None,
+) -> RunPlan:
+    """The start of a run, local or distributed, once the folder's lock is held: what an
+    interrupted run left is recovered (:meth:`OutputFolder.recover`, logged), then every case
+    is decided (:func:`plan_cases`) for ``runner``'s classes and ``config``'s outputs."""
+    for line in folder.recover():
+        log.info("volcam run: %s", line)
+    return plan_cases(
+        folder,
+        cases,
+        maps=maps,
+        declared=config.outputs.declared(),
+        classes=runner.classes,
+        names=runner.names,
+        overwrite=overwrite,
+        retry_failed=retry_failed,
+        since=since,
+    )
