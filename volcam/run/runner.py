@@ -148,11 +148,17 @@ class Runner:
         values = None if self.targets.label_values is None else self.targets.label_values.get(c)
         return label_region(label, c, out_channels=self.out_channels, values=values)
 
-    def predicted(self, output: torch.Tensor, c: int) -> torch.Tensor:
-        """``[*S]`` bool: where ``output`` ``[1, classes, *S]`` predicts class ``c``."""
+    def predicted(self, output: torch.Tensor, c: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``[*S]`` bool: where ``output`` ``[1, classes, *S]`` predicts class ``c``; ``labels``:
+        :func:`volcam.targets.predicted_labels` of ``output``, when already computed (one pass
+        of channel comparisons for every class, ``argmax``'s tie rule)."""
         if output.shape[1] == 1 or self.targets.activation == "sigmoid":
             return output[0, c] > 0
-        return output[0].argmax(0) == c
+        if labels is None:
+            from volcam.targets import predicted_labels
+
+            labels = predicted_labels(output)
+        return labels[0] == c
 
     # ---- the computation
     def masks(self, label: torch.Tensor | None) -> Any:
@@ -229,7 +235,14 @@ class Runner:
         return heat, output, getattr(res, "notes", [])
 
     def _fall_back(
-        self, x: torch.Tensor, label: Any, pads: Any, heat: torch.Tensor, output: torch.Tensor, notes: list[Any]
+        self,
+        x: torch.Tensor,
+        label: Any,
+        pads: Any,
+        heat: torch.Tensor,
+        output: torch.Tensor,
+        notes: list[Any],
+        labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[Any], list[str]]:
         """``cam.fallback``: the classes whose map is all zero although the network predicts them
         are explained again with the fallback method (one more pass, for those classes only).
@@ -242,7 +255,9 @@ class Runner:
         redo = [
             t
             for t, c in enumerate(self.classes)
-            if t not in empty_target and not bool(heat[0, t].max() > 0) and bool(self.predicted(output, c).any())
+            if t not in empty_target
+            and not bool(heat[0, t].max() > 0)
+            and bool(self.predicted(output, c, labels).any())
         ]
         if not redo:
             return heat, notes, methods
@@ -300,11 +315,16 @@ class Runner:
         _pass_on(caught)
         if self.out_channels is None:
             self.check_classes(output.shape[1])
-        heat, map_notes, methods = self._fall_back(x, label, pads, heat, output, map_notes)
+        labels = None
+        if output.shape[1] > 1 and self.targets.activation != "sigmoid":
+            from volcam.targets import predicted_labels
+
+            labels = predicted_labels(output)  # once for every class
+        heat, map_notes, methods = self._fall_back(x, label, pads, heat, output, map_notes, labels)
         seconds = (time.perf_counter() - start) / len(self.classes)  # one pass for every class: shared
         for t, c in enumerate(self.classes):
             start = time.perf_counter()
-            pred = self.predicted(output, c)
+            pred = self.predicted(output, c, labels)
             h = heat[0, t]
             notes = [n[1] if isinstance(n, tuple) else _note(n) for n in map_notes if _of(n, t)]
             if not notes and not bool(h.max() > 0):
