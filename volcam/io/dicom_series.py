@@ -394,7 +394,7 @@ def _safe_part(value: Any) -> str:
     return text[:_MAX_PART].strip("-.")
 
 
-def case_name(series: Series) -> str:
+def case_name(series: Series, *, with_uid: bool = False) -> str:
     """A file-system-safe case name for a series: ``PatientID_StudyDate_SeriesNumber``.
 
     Each part keeps only letters, digits, ``.``, ``_`` and ``-`` (other runs become ``-``),
@@ -403,12 +403,14 @@ def case_name(series: Series) -> str:
     when a part was missing or changed, or nothing is left, a short hash of the
     SeriesInstanceUID is added so that different series keep different names.
 
+    ``with_uid`` adds the hash in any case (two series whose names would be the same).
+
     Examples: ``"P001_20240102_3"``; PatientID ``"../../x"`` gives ``"x_20240102_3_<hash>"``.
     """
     raw = [series.patient_id, series.study_date, "" if series.number is None else str(series.number)]
     parts = [_safe_part(p) for p in raw]
     name = "_".join(p for p in parts if p)
-    if not all(p and p == r for p, r in zip(parts, raw)):
+    if with_uid or not all(p and p == r for p, r in zip(parts, raw)):
         digest = hashlib.sha1(series.uid.encode()).hexdigest()[:8]
         name = f"{name}_{digest}" if name else f"series_{digest}"
     return name

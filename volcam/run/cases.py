@@ -8,7 +8,6 @@ own pixel layout, in pixel units.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -287,10 +286,8 @@ def _dicom_cases(data: Mapping[str, Any], base: Path, listing: Listing) -> None:
     names = [case_name(choice.series) for choice in chosen]
     counts = Counter(n.lower() for n in names)
     for name, choice in zip(names, chosen):
-        if (
-            counts[name.lower()] > 1
-        ):  # two studies of one patient, date and series number (a re-scan, anonymised exports)
-            name = f"{name}_{hashlib.sha1(choice.series.uid.encode()).hexdigest()[:8]}"
+        if counts[name.lower()] > 1:  # one patient, date and series number twice: a re-scan, an export
+            name = case_name(choice.series, with_uid=True)
         listing.append(Case(name, choice.series.directory, None, choice))
     if not listing:
         extra = f" ({listing.summary()})" if listing.left_out else ""

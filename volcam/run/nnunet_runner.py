@@ -33,7 +33,7 @@ import torch
 from volcam.checks import did_you_mean
 from volcam.errors import ConfigError
 from volcam.run.cases import Case, Listing
-from volcam.run.outcome import CaseOutput, ClassOutput
+from volcam.run.outcome import CaseOutput, ClassOutput, fallback_note
 
 __all__ = ["NNUNET_SETTINGS", "NnUNetRunner", "nnunet_cases", "nnunet_section"]
 
@@ -262,11 +262,10 @@ class NnUNetRunner:
             if redo:
                 again = explain(cam.fallback, redo)
                 for c in redo:
-                    why = res.stats[c].get("note") or "its map is all zero"
+                    note = fallback_note(
+                        cam.fallback, cam.method, res.stats[c].get("note", ""), again.stats[c].get("note", "")
+                    )
                     res.heat[c] = again.heat[c]
-                    note = f"{cam.fallback} in place of {cam.method} ({cam.method}: {why})"
-                    if again.stats[c].get("note"):
-                        note += f"; {cam.fallback}: {again.stats[c]['note']}"
                     res.stats[c] = {**again.stats[c], "note": note}
                     methods[c] = cam.fallback
         finally:

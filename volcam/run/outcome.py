@@ -12,7 +12,7 @@ import torch
 
 from volcam.run.cases import Case
 
-__all__ = ["CaseOutput", "ClassOutput"]
+__all__ = ["CaseOutput", "ClassOutput", "fallback_note"]
 
 
 @dataclass
@@ -51,3 +51,10 @@ class CaseOutput:
     label: torch.Tensor | None
     raster: bool
     classes: list[ClassOutput] = field(default_factory=list)
+
+
+def fallback_note(fallback: str, method: str, why: str, again: str = "") -> str:
+    """The note of a class explained with ``cam.fallback``: why ``method``'s map was empty
+    (``why``), and what is wrong with the fallback's map too (``again``), if anything."""
+    text = f"{fallback} in place of {method} ({method}: {why or 'its map is all zero'})"
+    return f"{text}; {fallback}: {again}" if again else text

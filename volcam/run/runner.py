@@ -24,7 +24,8 @@ from volcam.errors import ConfigError, EmptyMapWarning, EmptyTargetWarning, Shap
 from volcam.geometry import voxel_to_world, voxel_volume_ml
 from volcam.run.cases import Case, label_region
 from volcam.run.config import RunConfig
-from volcam.run.outcome import CaseOutput, ClassOutput
+from volcam.run.outcome import CaseOutput, ClassOutput, fallback_note
+from volcam.targets import predicted_labels
 
 __all__ = ["Runner", "CaseOutput", "ClassOutput", "make_runner", "network_divisor"]
 
@@ -148,15 +149,19 @@ class Runner:
         values = None if self.targets.label_values is None else self.targets.label_values.get(c)
         return label_region(label, c, out_channels=self.out_channels, values=values)
 
+    def labels(self, output: torch.Tensor) -> torch.Tensor | None:
+        """The predicted label of each voxel of ``output`` ``[1, classes, *S]`` (one pass of
+        channel comparisons for every class, ``argmax``'s tie rule); None for sigmoid outputs."""
+        if output.shape[1] == 1 or self.targets.activation == "sigmoid":
+            return None
+        return predicted_labels(output)
+
     def predicted(self, output: torch.Tensor, c: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``[*S]`` bool: where ``output`` ``[1, classes, *S]`` predicts class ``c``; ``labels``:
-        :func:`volcam.targets.predicted_labels` of ``output``, when already computed (one pass
-        of channel comparisons for every class, ``argmax``'s tie rule)."""
+        :meth:`labels` of ``output``, when already computed."""
         if output.shape[1] == 1 or self.targets.activation == "sigmoid":
             return output[0, c] > 0
         if labels is None:
-            from volcam.targets import predicted_labels
-
             labels = predicted_labels(output)
         return labels[0] == c
 
@@ -243,14 +248,15 @@ class Runner:
         output: torch.Tensor,
         notes: list[Any],
         labels: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[Any], list[str]]:
+    ) -> tuple[torch.Tensor, list[list[str]], list[str]]:
         """``cam.fallback``: the classes whose map is all zero although the network predicts them
         are explained again with the fallback method (one more pass, for those classes only).
-        Returns the heat, the notes (the fallback's as ``(target, text)``) and each class's method."""
+        Returns the heat, each class's notes as text, and each class's method."""
         method = self.config.cam.method
         methods = [method] * len(self.classes)
+        texts = [[_note(n) for n in notes if n.sample == 0 and n.target == t] for t in range(len(self.classes))]
         if self.fallback is None:
-            return heat, notes, methods
+            return heat, texts, methods
         empty_target = {n.target for n in notes if n.sample == 0 and n.reason == "empty_target"}
         redo = [
             t
@@ -260,7 +266,7 @@ class Runner:
             and bool(self.predicted(output, c, labels).any())
         ]
         if not redo:
-            return heat, notes, methods
+            return heat, texts, methods
         classes = [self.classes[t] for t in redo]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -269,19 +275,14 @@ class Runner:
             )
         _pass_on(caught)
         heat = heat.clone()
-        kept = [n for n in notes if not (n.sample == 0 and n.target in redo)]
         name = self.config.cam.fallback or ""
         for k, t in enumerate(redo):
             heat[0, t] = again[0, k]
-            why = "; ".join(_note(n) for n in notes if n.sample == 0 and n.target == t) or "its map is all zero"
-            text = f"{name} in place of {method} ({method}: {why})"
-            if not bool(again[0, k].max() > 0):
-                text += f"; the {name} map is all zero too" + "".join(
-                    f": {_note(n)}" for n in again_notes if n.sample == 0 and n.target == k
-                )
-            kept.append((t, text))
+            still = "; ".join(_note(n) for n in again_notes if n.sample == 0 and n.target == k)
+            empty = not bool(again[0, k].max() > 0)
+            texts[t] = [fallback_note(name, method, "; ".join(texts[t]), still or ("all zero" if empty else ""))]
             methods[t] = name
-        return heat, kept, methods
+        return heat, texts, methods
 
     def explain_case(self, case: Case, data: dict[str, Any]) -> CaseOutput:
         """Explain every class of one loaded case; see :class:`CaseOutput`.
@@ -315,18 +316,14 @@ class Runner:
         _pass_on(caught)
         if self.out_channels is None:
             self.check_classes(output.shape[1])
-        labels = None
-        if output.shape[1] > 1 and self.targets.activation != "sigmoid":
-            from volcam.targets import predicted_labels
-
-            labels = predicted_labels(output)  # once for every class
-        heat, map_notes, methods = self._fall_back(x, label, pads, heat, output, map_notes, labels)
+        labels = self.labels(output)  # once for every class
+        heat, texts, methods = self._fall_back(x, label, pads, heat, output, map_notes, labels)
         seconds = (time.perf_counter() - start) / len(self.classes)  # one pass for every class: shared
         for t, c in enumerate(self.classes):
             start = time.perf_counter()
             pred = self.predicted(output, c, labels)
             h = heat[0, t]
-            notes = [n[1] if isinstance(n, tuple) else _note(n) for n in map_notes if _of(n, t)]
+            notes = list(texts[t])
             if not notes and not bool(h.max() > 0):
                 notes.append(
                     "the map is zero everywhere: no positive evidence at this layer "
@@ -365,13 +362,6 @@ class Runner:
             row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             out.classes.append(ClassOutput(c, self.names[c], heat_src, pred_src.as_tensor()[0] > 0.5, row))
         return out
-
-
-def _of(note: Any, t: int) -> bool:
-    """Whether a map note (the engine's, or a ``(target, text)`` pair of the fallback) is about target ``t``."""
-    if isinstance(note, tuple):
-        return note[0] == t
-    return bool(note.sample == 0 and note.target == t)
 
 
 def make_runner(config: RunConfig) -> Any:
