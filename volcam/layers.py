@@ -96,19 +96,7 @@ def list_layers(model: nn.Module, example_input: torch.Tensor, **forward_kwargs:
             order.append(name)
         records[name] = describe(output)
 
-    handles = [m.register_forward_hook(hook) for m in modules]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()] if model.training else []
-    try:
-        with torch.no_grad():
-            model(example_input, **forward_kwargs)
-    except Exception as err:
-        raise VolcamError(f"the model failed on an example input of shape {list(example_input.shape)}: {err}") from err
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    _probe(model, example_input, [m.register_forward_hook(hook) for m in modules], forward_kwargs)
     by_name = dict(model.named_modules())
     return [
         LayerInfo(
@@ -215,18 +203,7 @@ def candidate_layers(model: nn.Module, example_input: torch.Tensor, **forward_kw
             event.concat = bool(torch.equal(output[:, :c], first) or torch.equal(output[:, -c:], first))
 
     handles = [m.register_forward_pre_hook(pre_hook) for m in names] + [m.register_forward_hook(hook) for m in names]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()] if model.training else []
-    try:
-        with torch.no_grad():
-            final = model(example_input, **forward_kwargs)
-    except Exception as err:
-        raise VolcamError(f"the model failed on an example input of shape {list(example_input.shape)}: {err}") from err
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    final = _probe(model, example_input, handles, forward_kwargs)
     spatial = [e for e in events.values() if e.name and e.output is not None and e.end >= 0]
     modules = dict(model.named_modules())
 
@@ -269,3 +246,21 @@ def candidate_layers(model: nn.Module, example_input: torch.Tensor, **forward_kw
             first.setdefault(e.out_voxels, e.end)
     order = sorted(stages.values(), key=lambda e: first[e.out_voxels])
     return [candidate(bottleneck, "bottleneck")] + [candidate(e, "decoder") for e in order]
+
+
+def _probe(model: nn.Module, example_input: torch.Tensor, handles: list[Any], forward_kwargs: dict[str, Any]) -> Any:
+    """One forward pass of ``model`` on ``example_input`` without gradients, with the hooks of
+    ``handles`` removed afterwards and, for a model in training mode, its buffers (batch-norm
+    statistics) put back; returns the output."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()] if model.training else []
+    try:
+        with torch.no_grad():
+            return model(example_input, **forward_kwargs)
+    except Exception as err:
+        raise VolcamError(f"the model failed on an example input of shape {list(example_input.shape)}: {err}") from err
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
